@@ -1,0 +1,95 @@
+"""Model zoo: small, well-understood Pyro models with bundled data.
+
+Every module in this package follows one contract, so that fitting code, tests and benchmarks
+can treat the models uniformly:
+
+``model(...)``
+    A plain Pyro program. Data tensors are keyword or positional arguments, observed sites use
+    ``obs=``, and conditionally independent data live in ``pyro.plate`` contexts with an
+    explicit ``dim``. Every tensor the model creates takes the dtype and device of the data
+    passed in (float64 data give a float64 model, CUDA data a CUDA model). No global state.
+``load_data(**options) -> dict``
+    The keyword arguments of ``model(**load_data())``, as tensors of
+    ``torch.get_default_dtype()``. Data come only from files on disk (scikit-learn's and
+    ArviZ's bundled data sets, or a fixed-seed simulation); there is never network access.
+``exact_posterior(**data) -> dict[str, torch.distributions.Distribution]``
+    Conjugate models only: the exact posterior of every latent sample site, by site name (a
+    joint distribution for a vector site).
+``log_evidence(**data) -> torch.Tensor``
+    Conjugate models only: the exact log marginal likelihood ``log p(data)``, a scalar.
+
+Each module's docstring gives the model in math and cites its data and posterior formulas.
+
+Modules
+-------
+``normal_normal``
+    Normal mean, Normal prior, known noise (conjugate).
+``beta_bernoulli``
+    Coin flips with a Beta prior (conjugate).
+``bayes_linear_regression``
+    Linear regression with known noise on the diabetes data (conjugate, correlated posterior).
+``eight_schools``
+    Non-centred eight schools (Rubin, 1981) with ArviZ's bundled NUTS draws as reference.
+``logistic_regression``
+    Logistic regression on the breast-cancer data, with mini-batch subsampling.
+
+Examples
+--------
+>>> from ppl_vi import models
+>>> models.available()
+['bayes_linear_regression', 'beta_bernoulli', 'eight_schools', 'logistic_regression', \
+'normal_normal']
+>>> es = models.get("eight_schools")
+>>> data = es.load_data()
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["MODELS", "available", "get"]
+
+#: Model name -> importable module path.
+MODELS: dict[str, str] = {
+    "bayes_linear_regression": "ppl_vi.models.bayes_linear_regression",
+    "beta_bernoulli": "ppl_vi.models.beta_bernoulli",
+    "eight_schools": "ppl_vi.models.eight_schools",
+    "logistic_regression": "ppl_vi.models.logistic_regression",
+    "normal_normal": "ppl_vi.models.normal_normal",
+}
+
+_PREFIXES = ("ppl_vi.models.", "models.")
+
+
+def available() -> list[str]:
+    """Names of the models in the zoo, sorted."""
+    return sorted(MODELS)
+
+
+def get(name: str) -> ModuleType:
+    """Import and return a model module by name.
+
+    Parameters
+    ----------
+    name : str
+        ``"eight_schools"``, ``"models.eight_schools"`` or ``"ppl_vi.models.eight_schools"``.
+
+    Returns
+    -------
+    types.ModuleType
+        The model module (imported on first use).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a model of the zoo.
+    """
+    key = name
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            break
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(available())}")
+    return importlib.import_module(MODELS[key])

@@ -1,0 +1,236 @@
+"""Shared tracing helpers: model structure, vectorized particles, per-particle log weights.
+
+Everything that runs a model and a guide together over a batch of particles lives here once,
+so that results, diagnostics and the ELBO classes agree on what a "particle" is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible
+from pyro.poutine.subsample_messenger import SubsampleMessenger, _Subsample
+from pyro.poutine.util import prune_subsample_sites
+
+PARTICLE_PLATE = "_ppl_vi_particles"
+
+
+@dataclass
+class ModelInfo:
+    """What one trace of a model tells about its sample sites.
+
+    Attributes
+    ----------
+    name : str
+        ``module.qualname`` of the model function.
+    latent : dict
+        Latent site name -> shape of one value (batch and event dims, as traced).
+    discrete : list
+        Names of latent sites with a discrete support.
+    observed : dict
+        Observed site name -> observed value.
+    deterministic : dict
+        ``pyro.deterministic`` site name -> shape of one value.
+    subsample_plates : dict
+        Name -> full size, for plates that subsample.
+    max_plate_nesting : int
+        Depth of the deepest vectorized plate (0 when there is none).
+    """
+
+    name: str
+    latent: dict = field(default_factory=dict)
+    discrete: list = field(default_factory=list)
+    observed: dict = field(default_factory=dict)
+    deterministic: dict = field(default_factory=dict)
+    subsample_plates: dict = field(default_factory=dict)
+    max_plate_nesting: int = 0
+
+    def fingerprint(self) -> dict:
+        """A plain-data summary used to tell whether a saved fit belongs to this model."""
+        return {
+            "name": self.name,
+            "latent": {k: list(v) for k, v in self.latent.items()},
+            "observed": sorted(self.observed),
+        }
+
+
+def device_context(device: torch.device):
+    """Make tensors created inside models default to ``device``.
+
+    On the CPU this is a no-op: the ``torch.device`` context works through a function mode that
+    intercepts every torch call and slows small models by more than half.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return contextlib.nullcontext()
+    return device
+
+
+def model_name(model) -> str:
+    fn = getattr(model, "forward", model) if isinstance(model, torch.nn.Module) else model
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _is_deterministic(site) -> bool:
+    return bool(site["infer"].get("_deterministic"))
+
+
+def plate_nesting(trace) -> int:
+    """Depth of the deepest vectorized plate used by any sample site of ``trace``."""
+    depth = 0
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.dim is not None:
+                depth = max(depth, -frame.dim)
+    return depth
+
+
+def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
+    """Trace ``model`` once (latents drawn from the prior, or set to a feasible point when the
+    prior cannot be sampled; parameters isolated) and describe it."""
+    with pyro.get_param_store().scope(), torch.no_grad():
+        try:
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        except NotImplementedError:  # a prior that cannot be sampled, e.g. ImproperUniform
+            feasible = InitMessenger(init_to_feasible)(model)
+            trace = poutine.trace(feasible).get_trace(*args, **kwargs)
+    info = ModelInfo(name=model_name(model), max_plate_nesting=plate_nesting(trace))
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if isinstance(site["fn"], _Subsample):
+            continue
+        shape = list(site["value"].shape)
+        event_dim = getattr(site["fn"], "event_dim", 0)
+        for frame in site["cond_indep_stack"]:
+            if frame.full_size is not None and frame.full_size != frame.size:
+                info.subsample_plates[frame.name] = frame.full_size
+                pos = len(shape) + frame.dim - event_dim
+                if frame.dim is not None and 0 <= pos < len(shape) and shape[pos] == frame.size:
+                    shape[pos] = frame.full_size  # record the full plate, not one mini-batch
+        shape = tuple(shape)
+        if _is_deterministic(site):
+            info.deterministic[name] = shape
+        elif site["is_observed"]:
+            info.observed[name] = site["value"]
+        elif not site["infer"].get("is_auxiliary"):
+            info.latent[name] = shape
+            if site["fn"].support.is_discrete:
+                info.discrete.append(name)
+    return info
+
+
+@contextlib.contextmanager
+def full_plates(info: ModelInfo):
+    """Within this context every subsampling plate of the model iterates over its full range.
+
+    Pyro fixes a plate's subsample size when the plate is built inside the model, so the plate
+    helper is swapped for one that asks for the full size (for the plates found subsampling in
+    ``info``, and only where no explicit ``subsample`` is given). Used to draw local latents and
+    evaluate the full-data log density after a mini-batch fit.
+    """
+    if not info.subsample_plates:
+        yield
+        return
+    original = SubsampleMessenger.__dict__["_subsample"]
+    plates = info.subsample_plates
+
+    def _subsample(name, size=None, subsample_size=None, subsample=None, *args, **kwargs):
+        if name in plates and subsample is None and size is not None:
+            subsample_size = size
+        return original.__func__(name, size, subsample_size, subsample, *args, **kwargs)
+
+    SubsampleMessenger._subsample = staticmethod(_subsample)
+    try:
+        yield
+    finally:
+        SubsampleMessenger._subsample = original
+
+
+def particle_traces(model, guide, args, kwargs, num_particles: int, max_plate_nesting: int):
+    """Run ``guide`` then ``model`` (replayed) once, vectorized over ``num_particles``.
+
+    The particle plate sits at ``dim = -(max_plate_nesting + 1)``. Returns
+    ``(model_trace, guide_trace)`` with subsample sites removed and log probabilities computed.
+    """
+    plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
+    guide_trace = poutine.trace(plate(guide)).get_trace(*args, **kwargs)
+    replayed = poutine.replay(plate(model), trace=guide_trace)
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def sum_to_particles(value: torch.Tensor, num_particles: int, max_plate_nesting: int):
+    """Sum a site's (scaled, masked) log density over everything but the particle dim.
+
+    Shapes
+    ------
+    value : batch shape of the site, with the particle dim at ``-(max_plate_nesting + 1)``
+        when the site depends on the particle; returns ``(num_particles,)``.
+    """
+    dim = max_plate_nesting + 1
+    if not torch.is_tensor(value) or value.dim() < dim or value.shape[-dim] != num_particles:
+        total = value.sum() if torch.is_tensor(value) else torch.as_tensor(value)
+        return total.expand(num_particles)
+    value = value.movedim(-dim, 0)
+    return value.reshape(num_particles, -1).sum(-1)
+
+
+def trace_log_density(trace, num_particles: int, max_plate_nesting: int) -> torch.Tensor:
+    """Per-particle total log density of all sample sites of a trace, ``(num_particles,)``."""
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = total + sum_to_particles(site["log_prob"], num_particles, max_plate_nesting)
+    if not torch.is_tensor(total):
+        return torch.zeros(num_particles)
+    return total
+
+
+def site_values(trace, names: dict, num_particles: int) -> dict:
+    """Values of the named sites, reshaped to ``(num_particles, *shape)``.
+
+    ``names`` maps each site name to the shape of one (unvectorized) value.
+    """
+    out = {}
+    for name, shape in names.items():
+        value = trace.nodes[name]["value"]
+        numel = 1
+        for s in shape:
+            numel *= s
+        if value.numel() != num_particles * numel:  # the site does not vary with the particle
+            value = value.reshape(shape).expand(num_particles, *shape)
+        out[name] = value.reshape(num_particles, *shape)
+    return out
+
+
+def first_nonfinite_site(traces) -> str | None:
+    """Name the first site (guide first, then model) whose value or log density is not finite."""
+    for label, trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            value = site["value"]
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(
+                value
+            ).all():
+                return f"sample site '{name}' (non-finite value in the {label})"
+            try:
+                log_prob = site["fn"].log_prob(value)
+            except Exception as e:  # noqa: BLE001 - report, do not mask the original failure
+                return f"sample site '{name}' (log_prob failed in the {label}: {e})"
+            if torch.is_tensor(log_prob) and not torch.isfinite(log_prob).all():
+                return f"sample site '{name}' (non-finite log density in the {label})"
+    return None

@@ -1,0 +1,24 @@
+"""The examples in docstrings run and print what they claim."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "ppl_vi",
+    "ppl_vi.guides.mean_field",
+    "ppl_vi.models.normal_normal",
+    "ppl_vi.models.beta_bernoulli",
+    "ppl_vi.models.bayes_linear_regression",
+    "ppl_vi.models.eight_schools",
+    "ppl_vi.models.logistic_regression",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no docstring example"
+    assert result.failed == 0
