@@ -264,9 +264,9 @@ class _GuardedSVI(SVI):
     def step(self, *args, **kwargs):
         with poutine.trace(param_only=True) as param_capture:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = list(
-            {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        )
+        sites = param_capture.trace.nodes.values()
+        # unique, in the order the trace met them
+        params = list(dict.fromkeys(site["value"].unconstrained() for site in sites))
         loss = torch_item(loss)
         grads = [p.grad for p in params if p.grad is not None]
         finite = math.isfinite(loss)
@@ -325,16 +325,21 @@ def _class_path(obj) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _from_table(name: str, table: dict, what: str, alternatives: str):
+    if name not in table:
+        raise ValueError(
+            f"unknown {what} {name!r}; available {what}s: {', '.join(table)} (or pass "
+            f"{alternatives})"
+        )
+    return table[name]
+
+
 def resolve_guide(guide, model, guide_kwargs: dict | None):
     """Build the guide named by ``guide`` (a name, a class, or a ready instance) for ``model``."""
     guide_kwargs = dict(guide_kwargs or {})
     if isinstance(guide, str):
-        if guide not in GUIDES:
-            raise ValueError(
-                f"unknown guide {guide!r}; available guides: {', '.join(GUIDES)} (or pass a "
-                "guide class or a guide instance)"
-            )
-        obj = GUIDES[guide](model, **guide_kwargs)
+        cls = _from_table(guide, GUIDES, "guide", "a guide class or a guide instance")
+        obj = cls(model, **guide_kwargs)
     elif isinstance(guide, type):
         obj = guide(model, **guide_kwargs)
     elif callable(guide):
@@ -363,12 +368,7 @@ def resolve_elbo(elbo, num_particles: int, max_plate_nesting: int, elbo_kwargs: 
     """
     elbo_kwargs = dict(elbo_kwargs or {})
     if isinstance(elbo, str):
-        if elbo not in ELBOS:
-            raise ValueError(
-                f"unknown elbo {elbo!r}; available ELBOs: {', '.join(ELBOS)} (or pass a "
-                "pyro.infer.ELBO class or instance)"
-            )
-        elbo = ELBOS[elbo]
+        elbo = _from_table(elbo, ELBOS, "elbo", "a pyro.infer.ELBO class or instance")
     if isinstance(elbo, type):
         if not issubclass(elbo, pyro.infer.ELBO):
             raise TypeError(f"elbo class must subclass pyro.infer.ELBO (got {elbo.__name__})")
@@ -655,23 +655,15 @@ def _resume(path, info, guide_spec, elbo_spec, optim, dev, num_steps) -> _Loop:
         problems.append(f"it used guide {payload['guide']['class']}, not {guide_spec['class']}")
     if payload["elbo"]["class"] != elbo_spec["class"]:
         problems.append(f"it used ELBO {payload['elbo']['class']}, not {elbo_spec['class']}")
-    store = pyro.get_param_store()
-    saved = payload["params"]
-    current = {name: tuple(store._params[name].shape) for name in store.keys()}
-    if not problems and {k: tuple(v.shape) for k, v in saved.items()} != current:
-        problems.append(
-            "its parameters differ: saved "
-            f"{ {k: tuple(v.shape) for k, v in saved.items()} }, this fit {current}"
-        )
+    fix = "It was left untouched; pass another checkpoint path, or delete the file to start over."
     if problems:
         raise io.CheckpointError(
-            f"the checkpoint '{path}' was written for a different fit: {'; '.join(problems)}. "
-            "It was left untouched; pass another checkpoint path, or delete the file to start "
-            "over."
+            f"the checkpoint '{path}' was written for a different fit: {'; '.join(problems)}. {fix}"
         )
-    with torch.no_grad():
-        for name, value in saved.items():
-            store._params[name].copy_(value.to(dev))
+    try:
+        io.restore_params(payload["params"], dev, f"the checkpoint '{path}'")
+    except io.CheckpointError as e:
+        raise io.CheckpointError(f"{e}. {fix}") from None
     optim.set_state(payload["optim"])
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"].get("cuda") is not None and dev.type == "cuda":

@@ -76,6 +76,27 @@ def read(path: str | os.PathLike, kind: str) -> dict:
     return payload
 
 
+def restore_params(saved: dict, device, source: str) -> None:
+    """Copy saved unconstrained parameter values into the active Pyro parameter store.
+
+    The store must already hold parameters of the same names and shapes (the guide has been
+    built); otherwise :class:`CheckpointError` says what differs and nothing is changed.
+    """
+    import pyro
+
+    store = pyro.get_param_store()
+    current = {name: tuple(store._params[name].shape) for name in store.keys()}
+    wanted = {name: tuple(value.shape) for name, value in saved.items()}
+    if wanted != current:
+        raise CheckpointError(
+            f"the parameters in {source} ({wanted}) do not match the guide's ({current}); use "
+            "the model and guide it was written for"
+        )
+    with torch.no_grad():
+        for name, value in saved.items():
+            store._params[name].copy_(value.to(device))
+
+
 def header(kind: str) -> dict:
     return {"format": FORMAT, "version": VERSION, "kind": kind}
 

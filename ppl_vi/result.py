@@ -335,17 +335,7 @@ def load(path: str | os.PathLike, model: Callable, *model_args, guide=None, devi
         guide_obj, guide_spec = resolve_guide(guide, model, guide_kwargs)
         with poutine.block(), torch.no_grad():
             guide_obj(*args, **kwargs)
-        store = pyro.get_param_store()
-        saved = payload["params"]
-        current = {name: tuple(store._params[name].shape) for name in store.keys()}
-        if {k: tuple(v.shape) for k, v in saved.items()} != current:
-            raise io.CheckpointError(
-                f"the parameters in '{path}' ({ {k: tuple(v.shape) for k, v in saved.items()} }) "
-                f"do not match the guide's ({current}); pass the guide it was fitted with"
-            )
-        with torch.no_grad():
-            for name, value in saved.items():
-                store._params[name].copy_(value.to(dev))
+        io.restore_params(payload["params"], dev, f"'{path}'")
     return VIResult(
         model=model,
         guide=guide_obj,

@@ -32,7 +32,7 @@ def stop_at(step):
     ("kwargs", "error", "match"),
     [
         ({"guide": "nope"}, ValueError, r"unknown guide 'nope'; available guides: mean_field"),
-        ({"elbo": "nope"}, ValueError, r"unknown elbo 'nope'; available ELBOs: elbo"),
+        ({"elbo": "nope"}, ValueError, r"unknown elbo 'nope'; available elbos: elbo"),
         ({"guide": 3}, TypeError, r"guide must be a guide name"),
         ({"elbo": 3}, TypeError, r"elbo must be an ELBO name"),
         ({"num_steps": 0}, ValueError, r"num_steps must be an integer >= 1 \(got num_steps=0\)"),
@@ -356,3 +356,54 @@ def test_result_file_is_not_accepted_as_checkpoint(tmp_path):
     quick_fit().save(path)
     with pytest.raises(CheckpointError, match=r"holds a ppl-vi 'result', not a 'checkpoint'"):
         quick_fit(checkpoint=path)
+
+
+# ---------------------------------------------------------------- remaining flags
+def test_progress_flag_controls_the_bar(capsys):
+    quick_fit(progress=True)
+    shown = capsys.readouterr().err
+    assert "fit" in shown and "200/200" in shown
+    quick_fit(progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_seed_none_uses_the_current_random_state():
+    pyro.set_rng_seed(1)
+    a = quick_fit(seed=None)
+    b = quick_fit(seed=None)
+    seeded = quick_fit(seed=1)
+    np.testing.assert_array_equal(a.losses, seeded.losses)
+    assert not np.array_equal(a.losses, b.losses)
+
+
+def test_polish_particles_only_change_the_final_phase():
+    one = quick_fit(polish=Polish(fraction=0.2, num_particles=1), seed=2)
+    many = quick_fit(polish=Polish(fraction=0.2, num_particles=16), seed=2)
+    np.testing.assert_array_equal(one.losses[:160], many.losses[:160])
+    # a 16-particle loss estimate has 1/16 of the variance; a factor 4 leaves room for noise
+    assert one.losses[160:].var() > 4 * many.losses[160:].var()
+
+
+def test_elbo_kwargs_reach_the_elbo():
+    default = quick_fit(polish=None)
+    averaged = quick_fit(polish=None, elbo_kwargs={"num_particles": 8})
+    # step-to-step differences remove the trend; 8 particles cut the noise variance 8-fold
+    assert np.diff(default.losses[100:]).var() > 4 * np.diff(averaged.losses[100:]).var()
+
+
+def test_z_sets_how_sure_the_rule_must_be():
+    noisy = [50.0 + (5.0 if t % 2 else -5.0) for t in range(60)]
+    sure = Convergence(tol=0.05, window=10, lag=2, min_steps=30)  # r = 0.096
+    hopeful = Convergence(tol=0.05, window=10, lag=2, min_steps=30, z=0.0)  # r = 0.015
+    assert not sure.check(noisy) and hopeful.check(noisy)
+
+
+def test_pyro_autoguide_class_and_instance_are_accepted():
+    from pyro.infer.autoguide import AutoDiagonalNormal
+
+    by_class = quick_fit(guide=AutoDiagonalNormal, guide_kwargs={"init_scale": 0.05})
+    assert by_class.guide_spec["name"] is None
+    assert by_class.guide_spec["class"].endswith("AutoDiagonalNormal")
+    instance = AutoDiagonalNormal(normal_normal.model, init_scale=0.05)
+    by_instance = quick_fit(guide=instance)
+    np.testing.assert_array_equal(by_class.losses, by_instance.losses)
