@@ -586,7 +586,8 @@ def fit(
             elbo, num_particles, info.max_plate_nesting, elbo_kwargs
         )
         polish_elbo = None
-        if polish is not None and elbo_factory is not None:
+        fixed_k = getattr(elbo_obj, "particles_define_objective", False)
+        if polish is not None and elbo_factory is not None and not fixed_k:
             if polish.num_particles > elbo_obj.num_particles:
                 polish_elbo = elbo_factory(polish.num_particles)
         with poutine.block():

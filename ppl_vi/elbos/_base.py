@@ -1,0 +1,141 @@
+"""The particle base shared by ppl-vi's ELBO classes.
+
+Pyro's :class:`~pyro.infer.ELBO` already owns the particle loop: ``_get_traces`` yields one
+vectorized ``(model_trace, guide_trace)`` pair over a ``num_particles_vectorized`` plate, or one
+pair per particle. :class:`ParticleELBO` adds what every importance-weighted or score-function
+bound needs on top of it, once: the per-particle log densities of the model and the guide,
+stacked over particles and kept per datum where a plate encloses every site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pyro.infer import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
+from pyro.poutine import Trace
+from pyro.util import check_if_enumerated
+
+
+@dataclass
+class Particles:
+    """Log densities of ``K`` particles.
+
+    Shapes
+    ------
+    log_p, log_q : ``(K, *datum_shape)``
+        :math:`\\log p(x, z_k)` and :math:`\\log q(z_k)`, summed over every plate that does not
+        enclose all sample sites. ``datum_shape`` is empty unless a plate encloses every site of
+        the model and the guide (the VAE case), in which case there is one bound per datum.
+    traces : list of ``(model_trace, guide_trace)``
+        One vectorized pair, or one pair per particle.
+    """
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    traces: list
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        return self.log_p - self.log_q
+
+    @property
+    def num_particles(self) -> int:
+        return self.log_p.shape[0]
+
+
+def _site_sum(trace: Trace, sum_dims, key: str = "log_prob") -> torch.Tensor:
+    """Sum every sample site's ``key`` over ``sum_dims``, keeping those dims (size 1)."""
+    total = torch.zeros(())
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            value = torch.as_tensor(site[key])
+            dims = [d for d in sum_dims if -value.dim() <= d]
+            total = total + (value.sum(dims, keepdim=True) if dims else value)
+    return total
+
+
+def _squeeze_after_first(value: torch.Tensor) -> torch.Tensor:
+    """Drop the size-1 dims after the particle dim (summed plates and padding)."""
+    keep = [value.shape[0]] + [s for s in value.shape[1:] if s != 1]
+    return value.reshape(keep)
+
+
+class ParticleELBO(ELBO):
+    """Base of ppl-vi's ELBOs: Pyro's particle machinery plus stacked per-particle log weights.
+
+    Subclasses implement ``loss`` / ``loss_and_grads`` / ``differentiable_loss`` on top of
+    :meth:`particles`. They remain plain :class:`pyro.infer.ELBO` objects, usable with
+    ``pyro.infer.SVI``.
+
+    Parameters
+    ----------
+    num_particles : int
+        Number of particles :math:`K` per estimate.
+    max_plate_nesting : int, optional
+        Bound on nested plates; guessed by tracing once when not given.
+    vectorize_particles : bool, default True
+        Evaluate all particles in one batched pass over a plate rather than a Python loop.
+    """
+
+    #: True when the number of particles changes the objective itself (IWAE, Renyi), so that
+    #: ``fit`` must not raise it in its final phase.
+    particles_define_objective = False
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        strict_enumeration_warning: bool = True,
+    ):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or (
+            num_particles < 1
+        ):
+            raise ValueError(f"num_particles must be an integer >= 1 (got {num_particles!r})")
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+        )
+
+    @property
+    def is_vectorized(self) -> bool:
+        return self.vectorize_particles and self.num_particles > 1
+
+    def _get_trace(self, model, guide, args, kwargs):
+        model_trace, guide_trace = get_importance_trace(
+            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        )
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    def particles(self, model, guide, args, kwargs) -> Particles:
+        """Draw ``num_particles`` particles and return their stacked log densities."""
+        traces = list(self._get_traces(model, guide, args, kwargs))
+        log_p, log_q = [], []
+        for model_trace, guide_trace in traces:
+            sum_dims = get_dependent_plate_dims(
+                list(model_trace.nodes.values()) + list(guide_trace.nodes.values())
+            )
+            log_p.append(_site_sum(model_trace, sum_dims))
+            log_q.append(_site_sum(guide_trace, sum_dims))
+        if self.is_vectorized:
+            lp, lq = torch.broadcast_tensors(log_p[0], log_q[0])
+            lp, lq = self._particles_first(lp), self._particles_first(lq)
+        else:
+            lp = torch.stack(torch.broadcast_tensors(*log_p, *log_q)[: len(log_p)])
+            lq = torch.stack(torch.broadcast_tensors(*log_p, *log_q)[len(log_p) :])
+        return Particles(_squeeze_after_first(lp), _squeeze_after_first(lq), traces)
+
+    def _particles_first(self, value: torch.Tensor) -> torch.Tensor:
+        """Move the particle plate (at ``dim = -max_plate_nesting``) to the front."""
+        dim = self.max_plate_nesting
+        if value.dim() < dim:
+            value = value.reshape((1,) * (dim - value.dim()) + value.shape)
+        value = value.movedim(-dim, 0)
+        return value.expand(self.num_particles, *value.shape[1:])
