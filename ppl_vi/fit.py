@@ -724,16 +724,18 @@ class _Run:
         store = pyro.get_param_store()
         if loop.avg is None:
             loop.avg = {}
+        avgs, values = [], []
         for p in params:
             name = store.param_name(p)
-            if name is not None and name not in loop.avg:
+            if name is None:
+                continue
+            if name not in loop.avg:
                 loop.avg[name] = p.detach().clone()
+            avgs.append(loop.avg[name])
+            values.append(p.detach())
         loop.avg_count += 1
-        names = [store.param_name(p) for p in params]
-        pairs = [(loop.avg[n], p.detach()) for n, p in zip(names, params, strict=True) if n]
-        if pairs:
-            avgs, values = zip(*pairs, strict=True)
-            torch._foreach_lerp_(list(avgs), list(values), 1.0 / loop.avg_count)
+        if avgs:
+            torch._foreach_lerp_(avgs, values, 1.0 / loop.avg_count)
 
     def _apply_average(self) -> None:
         loop = self.loop
