@@ -51,10 +51,10 @@ def continuous_only(init_fn, guide_name: str):
             name = site["name"]
             raise ValueError(
                 f"{guide_name} is a continuous guide and cannot represent the discrete sample "
-                f"site '{name}' (support {site['fn'].support}). Use a score-function ELBO with "
-                "a guide that samples this site from a discrete distribution "
-                "(pyro.infer.TraceGraph_ELBO), or sum it out with pyro.infer.config_enumerate "
-                "and pyro.infer.TraceEnum_ELBO."
+                f"site '{name}' (support {site['fn'].support}). Use the score-function ELBO "
+                "(elbo='rb_score') with a guide that samples this site from a discrete "
+                "distribution, or sum it out with pyro.infer.config_enumerate and "
+                "pyro.infer.TraceEnum_ELBO."
             )
         return init_fn(site)
 

@@ -13,10 +13,12 @@ can treat the models uniformly:
     ``torch.get_default_dtype()``. Data come only from files on disk (scikit-learn's and
     ArviZ's bundled data sets, or a fixed-seed simulation); there is never network access.
 ``exact_posterior(**data) -> dict[str, torch.distributions.Distribution]``
-    Conjugate models only: the exact posterior of every latent sample site, by site name (a
-    joint distribution for a vector site).
+    Models with a closed-form posterior only (the conjugate models and the 2-D targets): the
+    exact posterior of every latent sample site, by site name (a joint distribution for a
+    vector site).
 ``log_evidence(**data) -> torch.Tensor``
-    Conjugate models only: the exact log marginal likelihood ``log p(data)``, a scalar.
+    The same models only: the exact log marginal likelihood ``log p(data)``, a scalar (0 for
+    the 2-D targets, whose model is a normalised density with no observed site).
 
 Each module's docstring gives the model in math and cites its data and posterior formulas.
 
@@ -32,13 +34,19 @@ Modules
     Non-centred eight schools (Rubin, 1981) with ArviZ's bundled NUTS draws as reference.
 ``logistic_regression``
     Logistic regression on the breast-cancer data, with mini-batch subsampling.
+``correlated_gaussian``
+    A correlated 2-D Gaussian target (no data), with the exact mean-field gap.
+``banana``
+    The twisted-Gaussian "banana" target of Haario et al. (no data), with exact moments.
+``sigmoid_belief_net``
+    Two-layer sigmoid belief network on binarised digits: discrete latents, learned weights.
 
 Examples
 --------
 >>> from ppl_vi import models
 >>> models.available()
-['bayes_linear_regression', 'beta_bernoulli', 'eight_schools', 'logistic_regression', \
-'normal_normal']
+['banana', 'bayes_linear_regression', 'beta_bernoulli', 'correlated_gaussian', 'eight_schools', \
+'logistic_regression', 'normal_normal', 'sigmoid_belief_net']
 >>> es = models.get("eight_schools")
 >>> data = es.load_data()
 """
@@ -52,11 +60,14 @@ __all__ = ["MODELS", "available", "get"]
 
 #: Model name -> importable module path.
 MODELS: dict[str, str] = {
+    "banana": "ppl_vi.models.banana",
     "bayes_linear_regression": "ppl_vi.models.bayes_linear_regression",
     "beta_bernoulli": "ppl_vi.models.beta_bernoulli",
+    "correlated_gaussian": "ppl_vi.models.correlated_gaussian",
     "eight_schools": "ppl_vi.models.eight_schools",
     "logistic_regression": "ppl_vi.models.logistic_regression",
     "normal_normal": "ppl_vi.models.normal_normal",
+    "sigmoid_belief_net": "ppl_vi.models.sigmoid_belief_net",
 }
 
 _PREFIXES = ("ppl_vi.models.", "models.")

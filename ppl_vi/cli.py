@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--elbo", default="elbo")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--particles", type=int, default=1)
+    p.add_argument("--particles", type=int, default=None, help="default: the ELBO's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

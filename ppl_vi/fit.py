@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ppl_vi import io
 from ppl_vi.elbos import ELBOS
+from ppl_vi.elbos._base import ParticleELBO
 from ppl_vi.guides import GUIDES
 from ppl_vi.infer_util import device_context, first_nonfinite_site, model_info
 from ppl_vi.result import VIResult
@@ -360,7 +361,9 @@ def resolve_guide(guide, model, guide_kwargs: dict | None):
     return obj, spec
 
 
-def resolve_elbo(elbo, num_particles: int, max_plate_nesting: int, elbo_kwargs: dict | None):
+def resolve_elbo(
+    elbo, num_particles: int | None, max_plate_nesting: int, elbo_kwargs: dict | None
+):
     """Build the ELBO named by ``elbo`` (a name, a class or an instance of ``pyro.infer.ELBO``).
 
     Returns ``(elbo, spec, factory)``; ``factory(k)`` builds the same ELBO with ``k`` vectorized
@@ -373,8 +376,10 @@ def resolve_elbo(elbo, num_particles: int, max_plate_nesting: int, elbo_kwargs: 
         if not issubclass(elbo, pyro.infer.ELBO):
             raise TypeError(f"elbo class must subclass pyro.infer.ELBO (got {elbo.__name__})")
         cls = elbo
-        elbo_kwargs.setdefault("num_particles", num_particles)
-        elbo_kwargs.setdefault("vectorize_particles", elbo_kwargs["num_particles"] > 1)
+        if num_particles is not None:
+            elbo_kwargs.setdefault("num_particles", num_particles)
+        if not issubclass(cls, ParticleELBO):  # Pyro's ELBOs loop over particles by default
+            elbo_kwargs.setdefault("vectorize_particles", elbo_kwargs.get("num_particles", 1) > 1)
         elbo_kwargs.setdefault("max_plate_nesting", max_plate_nesting)
         obj = cls(**elbo_kwargs)
 
@@ -384,7 +389,7 @@ def resolve_elbo(elbo, num_particles: int, max_plate_nesting: int, elbo_kwargs: 
     elif isinstance(elbo, pyro.infer.ELBO):
         if elbo_kwargs:
             raise ValueError("elbo_kwargs cannot be combined with an ELBO instance")
-        if num_particles != 1 and num_particles != elbo.num_particles:
+        if num_particles is not None and num_particles != elbo.num_particles:
             raise ValueError(
                 f"num_particles={num_particles} disagrees with the ELBO instance given "
                 f"(num_particles={elbo.num_particles}); set it on the ELBO instead"
@@ -478,7 +483,7 @@ def fit(
     num_steps: int = 5000,
     lr: float | None = None,
     optim: PyroOptim | None = None,
-    num_particles: int = 1,
+    num_particles: int | None = None,
     seed: int | None = 0,
     device="auto",
     progress: bool = True,
@@ -514,8 +519,9 @@ def fit(
         Learning rate of the default Adam optimizer.
     optim : pyro.optim.PyroOptim, optional
         An optimizer to use instead of Adam (then ``lr`` and ``clip_norm`` must be unset).
-    num_particles : int, default 1
-        Particles per ELBO estimate; more than one are vectorized over a plate.
+    num_particles : int, optional
+        Particles per ELBO estimate; more than one are vectorized over a plate. By default the
+        ELBO's own default (1 for ``"elbo"``).
     seed : int or None, default 0
         Seed for Pyro's random number generators (``None`` leaves them as they are).
     device : str, default "auto"
@@ -550,7 +556,8 @@ def fit(
         When the loss or a gradient is NaN/inf; ``err.result`` holds the last finite fit.
     """
     _check_positive_int("num_steps", num_steps)
-    _check_positive_int("num_particles", num_particles)
+    if num_particles is not None:
+        _check_positive_int("num_particles", num_particles)
     _check_positive_int("checkpoint_every", checkpoint_every)
     if convergence is not None and not isinstance(convergence, Convergence):
         raise TypeError(

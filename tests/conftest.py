@@ -6,6 +6,9 @@ import torch
 
 warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
 
+# One intra-op thread: on a small shared machine, more threads make small models slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():

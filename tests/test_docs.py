@@ -8,11 +8,18 @@ import pytest
 MODULES = [
     "ppl_vi",
     "ppl_vi.guides.mean_field",
+    "ppl_vi.elbos.score_function",
+    "ppl_vi.elbos.iwae",
+    "ppl_vi.elbos.renyi",
+    "ppl_vi.elbos.stein",
     "ppl_vi.models.normal_normal",
     "ppl_vi.models.beta_bernoulli",
     "ppl_vi.models.bayes_linear_regression",
     "ppl_vi.models.eight_schools",
     "ppl_vi.models.logistic_regression",
+    "ppl_vi.models.correlated_gaussian",
+    "ppl_vi.models.banana",
+    "ppl_vi.models.sigmoid_belief_net",
 ]
 
 

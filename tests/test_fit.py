@@ -32,7 +32,11 @@ def stop_at(step):
     ("kwargs", "error", "match"),
     [
         ({"guide": "nope"}, ValueError, r"unknown guide 'nope'; available guides: mean_field"),
-        ({"elbo": "nope"}, ValueError, r"unknown elbo 'nope'; available elbos: elbo"),
+        (
+            {"elbo": "nope"},
+            ValueError,
+            r"unknown elbo 'nope'; available elbos: elbo, rb_score, iwae, renyi, stein",
+        ),
         ({"guide": 3}, TypeError, r"guide must be a guide name"),
         ({"elbo": 3}, TypeError, r"elbo must be an ELBO name"),
         ({"num_steps": 0}, ValueError, r"num_steps must be an integer >= 1 \(got num_steps=0\)"),

@@ -5,8 +5,17 @@
 
 from pyro.infer import Trace_ELBO
 
+from .iwae import IWAE
+from .renyi import RenyiELBO
+from .score_function import RBScoreFunctionELBO
+from .stein import SteinOperatorELBO
+
 ELBOS = {
     "elbo": Trace_ELBO,
+    "rb_score": RBScoreFunctionELBO,
+    "iwae": IWAE,
+    "renyi": RenyiELBO,
+    "stein": SteinOperatorELBO,
 }
 
-__all__ = ["ELBOS"]
+__all__ = ["ELBOS", "IWAE", "RBScoreFunctionELBO", "RenyiELBO", "SteinOperatorELBO"]

@@ -117,20 +117,32 @@ class ParticleELBO(ELBO):
     def particles(self, model, guide, args, kwargs) -> Particles:
         """Draw ``num_particles`` particles and return their stacked log densities."""
         traces = list(self._get_traces(model, guide, args, kwargs))
-        log_p, log_q = [], []
-        for model_trace, guide_trace in traces:
+        lp = self.stack_sums(traces, [model_trace for model_trace, _ in traces])
+        lq = self.stack_sums(traces, [guide_trace for _, guide_trace in traces])
+        lp, lq = torch.broadcast_tensors(lp, lq)
+        return Particles(_squeeze_after_first(lp), _squeeze_after_first(lq), traces)
+
+    def stack_sums(self, traces: list, summed: list) -> torch.Tensor:
+        """Sum each trace of ``summed`` like the log densities of :meth:`particles` and stack.
+
+        ``traces`` are the ``(model_trace, guide_trace)`` pairs that fix which plates enclose
+        every site; ``summed`` holds one trace per pair (e.g. a replayed guide). Returns
+        ``(K, ...)`` with the summed plates kept as size-1 dims.
+        """
+        values = []
+        for (model_trace, guide_trace), trace in zip(traces, summed, strict=True):
             sum_dims = get_dependent_plate_dims(
                 list(model_trace.nodes.values()) + list(guide_trace.nodes.values())
             )
-            log_p.append(_site_sum(model_trace, sum_dims))
-            log_q.append(_site_sum(guide_trace, sum_dims))
+            values.append(_site_sum(trace, sum_dims))
         if self.is_vectorized:
-            lp, lq = torch.broadcast_tensors(log_p[0], log_q[0])
-            lp, lq = self._particles_first(lp), self._particles_first(lq)
-        else:
-            lp = torch.stack(torch.broadcast_tensors(*log_p, *log_q)[: len(log_p)])
-            lq = torch.stack(torch.broadcast_tensors(*log_p, *log_q)[len(log_p) :])
-        return Particles(_squeeze_after_first(lp), _squeeze_after_first(lq), traces)
+            return self._particles_first(values[0])
+        return torch.stack(torch.broadcast_tensors(*values))
+
+    def stacked_like(self, particles: Particles, summed: list) -> torch.Tensor:
+        """:meth:`stack_sums` for ``particles.traces``, shaped like ``particles.log_q``."""
+        value = self.stack_sums(particles.traces, summed)
+        return _squeeze_after_first(value).expand_as(particles.log_q)
 
     def _particles_first(self, value: torch.Tensor) -> torch.Tensor:
         """Move the particle plate (at ``dim = -max_plate_nesting``) to the front."""

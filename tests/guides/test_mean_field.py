@@ -72,7 +72,8 @@ def test_discrete_site_error_points_to_score_function_elbo():
         z = pyro.sample("z", dist.Bernoulli(0.3))
         pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
 
-    with pytest.raises(ValueError, match=r"discrete sample site 'z'.*score-function ELBO"):
+    message = r"discrete sample site 'z'.*score-function ELBO \(elbo='rb_score'\)"
+    with pytest.raises(ValueError, match=message):
         ppl_vi.fit(model, num_steps=10, progress=False)
 
 

@@ -11,6 +11,8 @@ from ppl_vi import models
 
 MODELS_DIR = Path(models.__file__).parent
 CONJUGATE = {"normal_normal", "beta_bernoulli", "bayes_linear_regression"}
+# Models with exact_posterior / log_evidence: the conjugate ones and the normalised 2-D targets.
+EXACT = CONJUGATE | {"correlated_gaussian", "banana"}
 # Names of the fitting function that data keys / load_data options must not shadow.
 RESERVED = {
     "guide",
@@ -42,11 +44,14 @@ def test_available_lists_every_module_file():
     files = sorted(p.stem for p in MODELS_DIR.glob("*.py") if p.stem != "__init__")
     assert models.available() == files
     assert models.available() == [
+        "banana",
         "bayes_linear_regression",
         "beta_bernoulli",
+        "correlated_gaussian",
         "eight_schools",
         "logistic_regression",
         "normal_normal",
+        "sigmoid_belief_net",
     ]
 
 
@@ -61,8 +66,9 @@ def test_get_resolves_all_spellings(name):
 @pytest.mark.parametrize("bad", ["foo", "models.foo", "ppl_vi.models.foo", "eight-schools", ""])
 def test_get_unknown_name_raises_and_lists_models(bad):
     expected = (
-        f"unknown model {bad!r}; available models: bayes_linear_regression, beta_bernoulli, "
-        "eight_schools, logistic_regression, normal_normal"
+        f"unknown model {bad!r}; available models: banana, bayes_linear_regression, "
+        "beta_bernoulli, correlated_gaussian, eight_schools, logistic_regression, normal_normal, "
+        "sigmoid_belief_net"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         models.get(bad)
@@ -74,10 +80,10 @@ def test_module_contract(name):
     assert callable(module.model) and callable(module.load_data)
     doc = module.__doc__
     assert doc is not None and "Examples" in doc and ">>>" in doc
-    assert ("exact_posterior" in dir(module)) == (name in CONJUGATE)
-    assert ("log_evidence" in dir(module)) == (name in CONJUGATE)
+    assert ("exact_posterior" in dir(module)) == (name in EXACT)
+    assert ("log_evidence" in dir(module)) == (name in EXACT)
     public = [module.model, module.load_data]
-    if name in CONJUGATE:
+    if name in EXACT:
         public += [module.exact_posterior, module.log_evidence]
     for fn in public:
         assert fn.__doc__, fn.__name__
