@@ -3,10 +3,27 @@
 ``GUIDES`` is the name table used by ``ppl_vi.fit(guide=...)``.
 """
 
+from .amortized import Amortized, amortization_gap
+from .diffusion import DiffusionChain, DiffusionELBO
+from .hvm import HVM
+from .iaf import IAF
 from .mean_field import MeanField
 
 GUIDES = {
     "mean_field": MeanField,
+    "iaf": IAF,
+    "hvm": HVM,
+    "amortized": Amortized,
+    "diffusion": DiffusionChain,
 }
 
-__all__ = ["GUIDES", "MeanField"]
+__all__ = [
+    "GUIDES",
+    "HVM",
+    "IAF",
+    "Amortized",
+    "DiffusionChain",
+    "DiffusionELBO",
+    "MeanField",
+    "amortization_gap",
+]

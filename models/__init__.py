@@ -40,13 +40,19 @@ Modules
     The twisted-Gaussian "banana" target of Haario et al. (no data), with exact moments.
 ``sigmoid_belief_net``
     Two-layer sigmoid belief network on binarised digits: discrete latents, learned weights.
+``ppca``
+    Probabilistic PCA with fixed loadings: exact per-datum posterior and evidence.
+``vae_digits``
+    A variational autoencoder's generative model (deep latent Gaussian) on binarised digits.
+``diffusion_chain``
+    Learned reverse diffusion chain, paired with the ``DiffusionChain`` guide.
 
 Examples
 --------
 >>> from ppl_vi import models
 >>> models.available()
-['banana', 'bayes_linear_regression', 'beta_bernoulli', 'correlated_gaussian', 'eight_schools', \
-'logistic_regression', 'normal_normal', 'sigmoid_belief_net']
+['banana', 'bayes_linear_regression', 'beta_bernoulli', 'correlated_gaussian', 'diffusion_chain', \
+'eight_schools', 'logistic_regression', 'normal_normal', 'ppca', 'sigmoid_belief_net', 'vae_digits']
 >>> es = models.get("eight_schools")
 >>> data = es.load_data()
 """
@@ -64,10 +70,13 @@ MODELS: dict[str, str] = {
     "bayes_linear_regression": "ppl_vi.models.bayes_linear_regression",
     "beta_bernoulli": "ppl_vi.models.beta_bernoulli",
     "correlated_gaussian": "ppl_vi.models.correlated_gaussian",
+    "diffusion_chain": "ppl_vi.models.diffusion_chain",
     "eight_schools": "ppl_vi.models.eight_schools",
     "logistic_regression": "ppl_vi.models.logistic_regression",
     "normal_normal": "ppl_vi.models.normal_normal",
+    "ppca": "ppl_vi.models.ppca",
     "sigmoid_belief_net": "ppl_vi.models.sigmoid_belief_net",
+    "vae_digits": "ppl_vi.models.vae_digits",
 }
 
 _PREFIXES = ("ppl_vi.models.", "models.")

@@ -70,7 +70,7 @@ def test_fit_rejects_unknown_models(argv, match):
 def test_bad_option_is_reported_not_raised(tmp_path, capsys):
     code = main(["fit", "normal_normal", "--guide", "nope", "--out", str(tmp_path)])
     assert code == 2
-    assert "unknown guide 'nope'; available guides: mean_field" in capsys.readouterr().err
+    assert "unknown guide 'nope'; available guides: mean_field, " in capsys.readouterr().err
 
 
 def test_demo_writes_a_report(tmp_path):

@@ -8,6 +8,10 @@ import pytest
 MODULES = [
     "ppl_vi",
     "ppl_vi.guides.mean_field",
+    "ppl_vi.guides.iaf",
+    "ppl_vi.guides.hvm",
+    "ppl_vi.guides.amortized",
+    "ppl_vi.guides.diffusion",
     "ppl_vi.elbos.score_function",
     "ppl_vi.elbos.iwae",
     "ppl_vi.elbos.renyi",
@@ -20,6 +24,9 @@ MODULES = [
     "ppl_vi.models.correlated_gaussian",
     "ppl_vi.models.banana",
     "ppl_vi.models.sigmoid_belief_net",
+    "ppl_vi.models.ppca",
+    "ppl_vi.models.vae_digits",
+    "ppl_vi.models.diffusion_chain",
 ]
 
 

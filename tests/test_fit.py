@@ -31,7 +31,7 @@ def stop_at(step):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"guide": "nope"}, ValueError, r"unknown guide 'nope'; available guides: mean_field"),
+        ({"guide": "nope"}, ValueError, r"unknown guide 'nope'; available guides: mean_field, "),
         (
             {"elbo": "nope"},
             ValueError,

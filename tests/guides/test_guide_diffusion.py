@@ -1,0 +1,135 @@
+"""DiffusionChain guide and DiffusionELBO: forward marginals, posterior, unbiasedness, errors."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from ppl_vi.guides.diffusion import DiffusionChain, DiffusionELBO
+from ppl_vi.models import diffusion_chain as dc
+
+KW = dict(num_diffusion_steps=5, beta_max=0.3)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_forward_chain_marginals_match_closed_form(schedule, float64):
+    kw = dict(num_diffusion_steps=8, beta_max=0.3, schedule=schedule)
+    guide = DiffusionChain(dc.model, **kw)
+    n = 20000
+    x = torch.tensor([[1.5, -0.7]]).expand(n, 2)
+    draws = guide(x=x, **kw)  # guide plate over n copies of one point
+    abar = guide.alphas_bar()
+    for t in range(1, 9):
+        z = draws[f"z_{t}"]
+        mean_se = z.std(0) / math.sqrt(n)
+        assert ((z.mean(0) - abar[t - 1].sqrt() * x[0]).abs() < 4 * mean_se).all()
+        var = z.var(0)
+        var_se = ((z - z.mean(0)) ** 2).std(0) / math.sqrt(n)
+        assert ((var - (1 - abar[t - 1])).abs() < 4 * var_se).all()
+    # power: the effect guarded against (one step off) is many standard errors away
+    z = draws["z_4"]
+    assert ((z.mean(0) - abar[4].sqrt() * x[0]).abs() > 10 * z.std(0) / math.sqrt(n)).any()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "learned"])
+def test_posterior_is_bayes_rule(schedule, float64):
+    """q(z_{t-1} | z_t, x) proportional to q(z_t | z_{t-1}) q(z_{t-1} | x), on a grid (D = 1)."""
+    guide = DiffusionChain(dc.model, num_diffusion_steps=6, beta_max=0.3, schedule=schedule)
+    x, z_t = torch.tensor([[0.8]]), torch.tensor([[-0.3]])
+    grid = torch.linspace(-6, 6, 200001).unsqueeze(-1)
+    for t in range(2, 7):
+        log_joint = guide.transition(grid, t).log_prob(z_t.expand_as(grid)) + guide.marginal(
+            x.expand_as(grid), t - 1
+        ).log_prob(grid)
+        w = torch.softmax(log_joint, 0)
+        post = guide.posterior(x, z_t, t).base_dist
+        mean = (w * grid[:, 0]).sum()
+        var = (w * (grid[:, 0] - mean) ** 2).sum()
+        assert torch.allclose(mean, post.loc[0, 0], atol=1e-8)
+        assert torch.allclose(var, post.scale[0, 0] ** 2, rtol=1e-6)
+
+
+def test_schedules_agree_with_model_reference(float64):
+    for schedule in ["linear", "cosine"]:
+        guide = DiffusionChain(dc.model, num_diffusion_steps=7, beta_max=0.3, schedule=schedule)
+        ref = dc.reference_schedule(7, schedule, 1e-4, 0.3)
+        assert torch.allclose(guide.betas(), ref, atol=1e-12)
+    lin = DiffusionChain(dc.model, num_diffusion_steps=7, beta_max=0.3)
+    cos = DiffusionChain(dc.model, num_diffusion_steps=7, beta_max=0.3, schedule="cosine")
+    learned = DiffusionChain(dc.model, num_diffusion_steps=7, beta_max=0.3, schedule="learned")
+    assert (lin.betas() - cos.betas()).abs().max() > 0.05
+    assert torch.allclose(learned.betas(), lin.betas(), atol=1e-5)  # initialised at linear
+
+
+def _estimates(elbo, guide, data, n):
+    return np.array([-elbo.loss(dc.model, guide, **data, **KW) for _ in range(n)])
+
+
+def test_rao_blackwellized_elbo_is_unbiased_for_full_chain_elbo(float64):
+    data = dc.load_data("gaussian", num_data=3)
+    guide = DiffusionChain(dc.model, **KW)
+    torch.set_num_threads(1)
+    rb = _estimates(DiffusionELBO(), guide, data, 800)
+    full = _estimates(pyro.infer.Trace_ELBO(), guide, data, 800)
+    se = math.sqrt(rb.var() / len(rb) + full.var() / len(full))
+    assert abs(rb.mean() - full.mean()) < 4 * se
+
+
+def test_elbo_rejects_other_guides_and_vectorized_particles():
+    data = dc.load_data("ring", num_data=8)
+    with pytest.raises(TypeError, match="DiffusionELBO needs a DiffusionChain guide"):
+        DiffusionELBO().loss(dc.model, lambda **kw: None, **data, **KW)
+    with pytest.raises(ValueError, match="vectorize_particles=True is not supported"):
+        DiffusionELBO(vectorize_particles=True)
+    with pytest.raises(ValueError, match=r"num_particles must be an integer >= 1 \(got 0\)"):
+        DiffusionELBO(num_particles=0)
+
+
+def test_learned_schedule_stays_monotone_after_training():
+    data = dc.load_data("ring", num_data=128)
+    kw = dict(num_diffusion_steps=8, beta_max=0.3)
+    guide = DiffusionChain(dc.model, schedule="learned", **kw)
+    svi = pyro.infer.SVI(dc.model, guide, pyro.optim.Adam({"lr": 0.05}), DiffusionELBO())
+    for _ in range(100):
+        svi.step(**data, **kw, subsample_size=64)
+    abar = guide.alphas_bar()
+    before = DiffusionChain(dc.model, schedule="linear", **kw).alphas_bar()
+    assert (abar[1:] < abar[:-1]).all()
+    assert (abar > 0).all() and (abar < 1).all()
+    assert (abar - before).abs().max() > 1e-3  # the schedule did move
+    assert pyro.get_param_store()["DiffusionChain.gamma_increments"].grad is not None
+
+
+def test_fixed_schedule_has_no_parameters():
+    data = dc.load_data("ring", num_data=16)
+    guide = DiffusionChain(dc.model, **KW)
+    trace = pyro.poutine.trace(guide).get_trace(**data, **KW)
+    assert not [n for n, s in trace.nodes.items() if s["type"] == "param"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="quadratic"), r"schedule must be one of \['linear', 'cosine', 'learned'\]"),
+        (dict(num_diffusion_steps=0), r"num_diffusion_steps must be an integer >= 1 \(got 0\)"),
+        (dict(beta_min=0.5, beta_max=0.1), "need 0 < beta_min <= beta_max < 1"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionChain(dc.model, **kwargs)
+
+
+def test_step_mismatch_and_missing_data_raise():
+    data = dc.load_data("ring", num_data=8)
+    guide = DiffusionChain(dc.model, num_diffusion_steps=4)
+    with pytest.raises(ValueError, match="latent sites must be z_1..z_4"):
+        guide(**data, **KW)
+    guide = DiffusionChain(dc.model, **KW, obs_site="y")
+    with pytest.raises(ValueError, match="observed sample site 'y'"):
+        guide(**data, **KW)
+    guide = DiffusionChain(dc.model, **KW)
+    with pytest.raises(ValueError, match="posterior needs 2 <= t <= 5"):
+        guide.posterior(data["x"], data["x"], 1)
