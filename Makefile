@@ -29,6 +29,11 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/polish.py
+	$(BIN)/python benchmarks/elbos.py
+	$(BIN)/python benchmarks/guides.py
+	$(BIN)/python benchmarks/sbn.py
+	$(BIN)/python benchmarks/vae.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
