@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
+from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
@@ -21,7 +22,7 @@ STEP_SITE = "_diffusion_step"
 _COSINE_OFFSET = 0.008
 
 
-class DiffusionChain:
+class DiffusionChain(PyroModule):
     r"""Fixed (or monotone learned) Gaussian forward noising chain over latents ``z_1..z_T``.
 
     .. math::
@@ -43,6 +44,12 @@ class DiffusionChain:
     :math:`\gamma_t = \gamma_1 + \sum_{s=2}^{t} (\operatorname{softplus}(\rho_s) + 10^{-6})`,
     strictly increasing by construction, initialised at the linear schedule. With a fixed
     schedule the guide has no parameters.
+
+    The guide is a :class:`~pyro.nn.PyroModule` named ``"DiffusionChain"``: the learned schedule's
+    :math:`\gamma_1` and raw increments :math:`\rho_{2..T}` are its
+    :class:`~pyro.nn.PyroParam` attributes ``gamma_1`` and ``gamma_increments`` (param-store
+    names ``"DiffusionChain.gamma_1"`` and ``"DiffusionChain.gamma_increments"``), created on
+    first use in the default dtype of that moment, as autoguides build theirs.
 
     The model must have latent sites ``"z_1"``, ..., ``"z_T"`` (event dim 1) and the observed
     site ``obs_site`` inside a plate ``plate_name`` over the first dim of the data, like
@@ -116,7 +123,8 @@ class DiffusionChain:
                 "need 0 < beta_min <= beta_max < 1 (got "
                 f"beta_min={beta_min!r}, beta_max={beta_max!r})"
             )
-        self.model = model
+        super().__init__(name="DiffusionChain")
+        self._model = (model,)  # a tuple, so that a PyroModule model is not made a submodule
         self.num_diffusion_steps = t
         self.schedule = schedule
         self.beta_min = float(beta_min)
@@ -127,6 +135,11 @@ class DiffusionChain:
         self.prototype_trace = None
         self._plate_size = None
         self._subsample_size = None
+
+    @property
+    def model(self):
+        """The Pyro model the guide was built for."""
+        return self._model[0]
 
     def get_config(self) -> dict:
         """Constructor arguments that determine the guide's structure (used by ``load``)."""
@@ -173,14 +186,21 @@ class DiffusionChain:
             raise ValueError(
                 f"gamma() is a parameter of schedule='learned' (got schedule={self.schedule!r})"
             )
+        with self._pyro_context:  # read through the param store, so SVI sees the params
+            if "gamma_1" not in self._pyro_params:
+                self._init_learned_schedule()
+            first, raw = self.gamma_1, self.gamma_increments
+        increments = F.softplus(raw) + 1e-6  # strictly positive: gamma strictly increasing
+        return torch.cat([first, first + torch.cumsum(increments, 0)])
+
+    def _init_learned_schedule(self) -> None:
+        # gamma_t of the linear schedule; softplus^{-1} of its increments (minus the 1e-6 floor)
         betas = self._fixed_betas().to(torch.get_default_dtype())
         log_abar = torch.cumsum(torch.log1p(-betas), 0)
         gamma0 = torch.log(-torch.expm1(log_abar)) - log_abar
-        first = pyro.param("DiffusionChain.gamma_1", gamma0[:1])
         incr0 = (gamma0[1:] - gamma0[:-1] - 1e-6).clamp(min=1e-6)
-        raw = pyro.param("DiffusionChain.gamma_increments", incr0 + torch.log(-torch.expm1(-incr0)))
-        increments = F.softplus(raw) + 1e-6  # strictly positive: gamma strictly increasing
-        return torch.cat([first, first + torch.cumsum(increments, 0)])
+        self.gamma_1 = PyroParam(gamma0[:1])
+        self.gamma_increments = PyroParam(incr0 + torch.log(-torch.expm1(-incr0)))
 
     def alphas_bar(self, ref: torch.Tensor | None = None) -> torch.Tensor:
         r""":math:`\bar\alpha_1, \dots, \bar\alpha_T`, shape ``(T,)`` (dtype/device of ``ref``)."""
@@ -267,7 +287,7 @@ class DiffusionChain:
             self._setup_prototype(*args, **kwargs)
         return self._data(args, kwargs)
 
-    def __call__(self, *args, **kwargs) -> dict:
+    def forward(self, *args, **kwargs) -> dict:
         """Sample the whole forward chain ``z_1..z_T`` given the mini-batch of data."""
         x = self._batch(args, kwargs)
         out = {}

@@ -6,7 +6,9 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from pyro.nn import PyroModule
 
+import ppl_vi
 from ppl_vi.guides.diffusion import DiffusionChain, DiffusionELBO
 from ppl_vi.models import diffusion_chain as dc
 
@@ -102,11 +104,67 @@ def test_learned_schedule_stays_monotone_after_training():
     assert pyro.get_param_store()["DiffusionChain.gamma_increments"].grad is not None
 
 
+def test_learned_schedule_parameters_are_pyro_params_of_the_module():
+    data = dc.load_data("ring", num_data=16)
+    guide = DiffusionChain(dc.model, schedule="learned", **KW)
+    assert isinstance(guide, PyroModule)
+    trace = pyro.poutine.trace(guide).get_trace(**data, **KW)
+    sites = {n for n, s in trace.nodes.items() if s["type"] == "param"}
+    assert sites == {"DiffusionChain.gamma_1", "DiffusionChain.gamma_increments"}
+    names = {n for n, _ in guide.named_parameters()}
+    assert names == {"gamma_1_unconstrained", "gamma_increments_unconstrained"}
+    store = pyro.get_param_store()
+    assert guide.gamma_1_unconstrained is store._params["DiffusionChain.gamma_1"]
+    # the marginal guide (used by DiffusionELBO) reads the same params through the store
+    trace = pyro.poutine.trace(guide.marginal_guide).get_trace(**data, **KW)
+    assert {n for n, s in trace.nodes.items() if s["type"] == "param"} == sites
+    before = guide.gamma().detach().clone()
+    with torch.no_grad():
+        store._params["DiffusionChain.gamma_1"].add_(1.0)  # an edit in the store reaches the guide
+    assert torch.allclose(guide.gamma().detach(), before + 1)
+
+
 def test_fixed_schedule_has_no_parameters():
     data = dc.load_data("ring", num_data=16)
     guide = DiffusionChain(dc.model, **KW)
     trace = pyro.poutine.trace(guide).get_trace(**data, **KW)
     assert not [n for n, s in trace.nodes.items() if s["type"] == "param"]
+    assert not list(guide.parameters())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "learned"])
+def test_fit_save_load_round_trip_gives_identical_parameters(schedule, tmp_path):
+    data = dc.load_data("ring", num_data=64)
+    guide_kwargs = {**KW, "schedule": schedule}
+    result = ppl_vi.fit(dc.model, **data, **KW, subsample_size=32, guide="diffusion",
+                        guide_kwargs=guide_kwargs, elbo=DiffusionELBO(), num_steps=10, lr=0.01,
+                        progress=False)
+    path = tmp_path / "diffusion.pt"
+    result.save(path)
+    loaded = ppl_vi.load(path, dc.model)
+    assert isinstance(loaded.guide, DiffusionChain)
+    assert loaded.guide.get_config() == result.guide.get_config()
+    fitted, restored = result.params, loaded.params
+    assert set(fitted) == set(restored)
+    assert "diffusion_chain.log_scale" in fitted
+    learned = {"DiffusionChain.gamma_1", "DiffusionChain.gamma_increments"}
+    assert (learned <= set(fitted)) == (schedule == "learned")
+    for name, value in fitted.items():
+        assert torch.equal(value, restored[name]), name
+    # power: the fit moved the parameters, so equality is not the initial values agreeing
+    fresh = DiffusionChain(dc.model, **guide_kwargs)
+    with pyro.poutine.block():
+        fresh(**data, **KW)
+    init = {name: pyro.get_param_store()[name] for name in fitted}
+    assert all(not torch.equal(init[name], fitted[name]) for name in fitted)
+    if schedule == "learned":
+        with loaded.param_scope():
+            assert torch.equal(loaded.guide.alphas_bar(), _abar(result))
+
+
+def _abar(result):
+    with result.param_scope():
+        return result.guide.alphas_bar()
 
 
 @pytest.mark.parametrize(
