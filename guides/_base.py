@@ -39,6 +39,26 @@ def check_init_scale(init_scale) -> float:
     return float(init_scale)
 
 
+def init_config(guide, init_loc_fn, init_scale):
+    """Check and store the initialisation arguments shared by the joint-space guides.
+
+    Stores ``guide._init_scale`` and ``guide._init_loc_spec`` (the strategy's name, if it was
+    given by name) and returns the init function to hand to Pyro: the resolved strategy,
+    wrapped by :func:`continuous_only`.
+    """
+    guide._init_scale = check_init_scale(init_scale)
+    guide._init_loc_spec = init_loc_fn if isinstance(init_loc_fn, str) else None
+    return continuous_only(resolve_init_loc_fn(init_loc_fn), type(guide).__name__)
+
+
+def init_kwargs(guide) -> dict:
+    """The part of ``get_config()`` that :func:`init_config` stored."""
+    config = {"init_scale": guide._init_scale}
+    if guide._init_loc_spec is not None:
+        config["init_loc_fn"] = guide._init_loc_spec
+    return config
+
+
 def continuous_only(init_fn, guide_name: str):
     """Wrap an init strategy so that a discrete latent site stops the guide with a clear error.
 

@@ -16,7 +16,7 @@ from pyro.nn import PyroParam
 from torch.distributions import biject_to
 from torch.nn import functional as F
 
-from ._base import check_init_scale, continuous_only, resolve_init_loc_fn
+from ._base import init_config, init_kwargs
 from .iaf import iaf_transform, initial_contraction
 
 __all__ = ["HVM"]
@@ -128,22 +128,15 @@ class HVM(AutoContinuous):
             )
         self.hidden_dim = hidden_dim
         self.prior_flows = prior_flows
-        self._init_scale = check_init_scale(init_scale)
-        self._init_loc_spec = init_loc_fn if isinstance(init_loc_fn, str) else None
-        super().__init__(
-            model,
-            init_loc_fn=continuous_only(resolve_init_loc_fn(init_loc_fn), type(self).__name__),
-        )
+        super().__init__(model, init_loc_fn=init_config(self, init_loc_fn, init_scale))
 
     def get_config(self) -> dict:
         """Constructor arguments that determine the guide's structure (used by ``load``)."""
         config = {
             "hidden_dim": self.hidden_dim,
             "prior_flows": self.prior_flows,
-            "init_scale": self._init_scale,
+            **init_kwargs(self),
         }
-        if self._init_loc_spec is not None:
-            config["init_loc_fn"] = self._init_loc_spec
         return config
 
     def _setup_prototype(self, *args, **kwargs):

@@ -12,7 +12,7 @@ from pyro.distributions.transforms import AffineAutoregressive, ComposeTransform
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import AutoRegressiveNN, PyroParam
 
-from ._base import check_init_scale, continuous_only, resolve_init_loc_fn
+from ._base import init_config, init_kwargs
 
 __all__ = ["IAF"]
 
@@ -123,12 +123,7 @@ class IAF(AutoContinuous):
         self.num_flows = num_flows
         self.hidden_dims = hidden_dims
         self.permute = permute
-        self._init_scale = check_init_scale(init_scale)
-        self._init_loc_spec = init_loc_fn if isinstance(init_loc_fn, str) else None
-        super().__init__(
-            model,
-            init_loc_fn=continuous_only(resolve_init_loc_fn(init_loc_fn), type(self).__name__),
-        )
+        super().__init__(model, init_loc_fn=init_config(self, init_loc_fn, init_scale))
 
     def get_config(self) -> dict:
         """Constructor arguments that determine the guide's structure (used by ``load``)."""
@@ -136,10 +131,8 @@ class IAF(AutoContinuous):
             "num_flows": self.num_flows,
             "hidden_dims": self.hidden_dims,
             "permute": self.permute,
-            "init_scale": self._init_scale,
+            **init_kwargs(self),
         }
-        if self._init_loc_spec is not None:
-            config["init_loc_fn"] = self._init_loc_spec
         return config
 
     def _setup_prototype(self, *args, **kwargs):
