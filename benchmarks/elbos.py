@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, RenyiELBO, TraceGraph_ELBO
+from _timing import ratio_stats, svi_step_time
+from pyro.infer import RenyiELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ppl_vi.elbos import IWAE, RBScoreFunctionELBO, SteinOperatorELBO
@@ -79,16 +79,7 @@ def make_guide(name: str):
 
 
 def step_time(name, data, steps: int) -> float:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = make_guide(name)
-    svi = SVI(eight_schools.model, guide, pyro.optim.Adam({"lr": 0.01}), VARIANTS[name]())
-    for _ in range(5):  # build parameters and warm up
-        svi.step(**data)
-    start = time.perf_counter()
-    for _ in range(steps):
-        svi.step(**data)
-    return (time.perf_counter() - start) / steps
+    return svi_step_time(eight_schools.model, make_guide(name), VARIANTS[name](), data, steps)
 
 
 def gradient_variance(name, data, repeats: int = 200) -> float:
@@ -124,8 +115,7 @@ def main(argv=None):
     ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
     def ratio(a, b):
-        values = [x / y for x, y in zip(times[a], times[b], strict=True)]
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        return ratio_stats(times[a], times[b])
 
     ratios = {
         "iwae_k16 / iwae_k1 (<= 2.5)": ratio("iwae_k16", "iwae_k1"),

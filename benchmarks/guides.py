@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from _timing import ratio_stats, svi_step_time
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal
 
 from ppl_vi.guides import HVM, IAF, MeanField
@@ -42,15 +41,7 @@ def make_guides(model, dim: int) -> dict:
 
 
 def step_time(model, make_guide, data, steps: int) -> float:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    svi = SVI(model, make_guide(), pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
-    for _ in range(5):
-        svi.step(**data)
-    start = time.process_time()
-    for _ in range(steps):
-        svi.step(**data)
-    return (time.process_time() - start) / steps
+    return svi_step_time(model, make_guide(), Trace_ELBO(), data, steps)
 
 
 def main(argv=None):
@@ -76,18 +67,12 @@ def main(argv=None):
                 times[g].append(step_time(module.model, make, data, args.steps))
         row = {}
         for g, t in times.items():
-            ratios = [a / b for a, b in zip(t, times["mean_field"], strict=True)]
             row[g] = {
                 "ms_per_step": statistics.median(t) * 1e3,
                 "steps_per_s": 1 / statistics.median(t),
-                "vs_mean_field": statistics.median(ratios),
+                "vs_mean_field": ratio_stats(t, times["mean_field"])["median"],
             }
-        iaf_vs_pyro = [a / b for a, b in zip(times["iaf"], times["pyro_auto_iaf"], strict=True)]
-        row["iaf_vs_pyro_auto_iaf"] = {
-            "median": statistics.median(iaf_vs_pyro),
-            "min": min(iaf_vs_pyro),
-            "max": max(iaf_vs_pyro),
-        }
+        row["iaf_vs_pyro_auto_iaf"] = ratio_stats(times["iaf"], times["pyro_auto_iaf"])
         report["models"][name] = row
         print(f"{name} (latent dim {dim}):")
         for g in guides:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from _timing import ratio_stats, svi_step_time
+from pyro.infer import Trace_ELBO
 
 import ppl_vi
 from ppl_vi import Polish
@@ -42,15 +43,8 @@ SAME_ELBO = Polish(num_particles=1)  # decay + averaging, no extra particles
 
 
 def hand_loop(model, data, steps):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = MeanField(model)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
-    svi.step(**data)  # builds the parameters, as fit does before its loop
-    start = time.process_time()
-    for _ in range(steps):
-        svi.step(**data)
-    return (time.process_time() - start) / steps
+    # one warm-up step builds the parameters, as fit does before its loop
+    return svi_step_time(model, MeanField(model), Trace_ELBO(), data, steps, warmup=1)
 
 
 def _fit_cpu_time(model, data, steps, polish):
@@ -93,10 +87,8 @@ def main(argv=None):
             times["fit_defaults"].append(ppl_vi_fit(module.model, data, args.steps, Polish()))
         row = {f"{k}_ms_per_step": statistics.median(v) * 1e3 for k, v in times.items()}
         for key in ("fit", "fit_defaults"):
-            ratios = [b / a for a, b in zip(times["loop"], times[key], strict=True)]
-            row[f"{key}_ratio_median"] = statistics.median(ratios)
-            row[f"{key}_ratio_min"] = min(ratios)
-            row[f"{key}_ratio_max"] = max(ratios)
+            for stat, value in ratio_stats(times[key], times["loop"]).items():
+                row[f"{key}_ratio_{stat}"] = value
         report["models"][name] = row
         print(
             f"{name:20s} loop {row['loop_ms_per_step']:.3f} ms/step | fit "

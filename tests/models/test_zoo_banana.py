@@ -5,6 +5,7 @@ import math
 import pyro
 import pytest
 import torch
+from _zoo import batched_log_density
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
@@ -16,18 +17,6 @@ Banana = banana.Banana
 # (b, scale): the default ("strongly twisted"), Haario's moderate twist, a tight strong
 # curve, a negative curvature, and b = 0 (plain Gaussian).
 PARAMS = [(0.1, 10.0), (0.03, 10.0), (1.0, 1.0), (-0.5, 2.0), (0.0, 3.0)]
-
-
-def _batched_log_density(model, zs, data):
-    """The model's log density at each row of zs, via an outer plate over the draws."""
-
-    def batched(**kwargs):
-        with pyro.plate("draws", zs.shape[0], dim=-1):
-            return model(**kwargs)
-
-    trace = poutine.trace(poutine.condition(batched, data={"z": zs})).get_trace(**data)
-    trace.compute_log_prob()
-    return trace.nodes["z"]["log_prob"]
 
 
 def _phi(z, b, scale):
@@ -164,7 +153,7 @@ def test_model_density_and_exact_posterior_elbo(float64):
     assert isinstance(target, Banana)
     torch.manual_seed(4)
     zs = target.sample((50,))
-    log_model = _batched_log_density(banana.model, zs, data)
+    log_model = batched_log_density(banana.model, zs, data)
     torch.testing.assert_close(log_model, target.log_prob(zs), atol=1e-12, rtol=0)
     log_z = banana.log_evidence(**data)
     assert log_z.shape == () and log_z.item() == 0.0

@@ -6,6 +6,7 @@ import re
 import pyro
 import pytest
 import torch
+from _zoo import batched_log_density
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch.distributions import MultivariateNormal, kl_divergence
@@ -27,18 +28,6 @@ def _data(rho, scales, loc):
     return cg.load_data(rho=rho, scales=scales, loc=loc)
 
 
-def _batched_log_density(model, zs, data):
-    """The model's log density at each row of zs, via an outer plate over the draws."""
-
-    def batched(**kwargs):
-        with pyro.plate("draws", zs.shape[0], dim=-1):
-            return model(**kwargs)
-
-    trace = poutine.trace(poutine.condition(batched, data={"z": zs})).get_trace(**data)
-    trace.compute_log_prob()
-    return trace.nodes["z"]["log_prob"]
-
-
 def _hand_log_density(z, rho, scales, loc):
     """The bivariate Normal density written out (e.g. Bishop, 2006, eq. 2.43 in 2-D)."""
     u1 = (z[..., 0] - loc[0]) / scales[0]
@@ -58,7 +47,7 @@ def test_model_log_density_is_exact_posterior_and_hand_formula(rho, scales, loc,
 
     torch.manual_seed(1)
     zs = torch.tensor(loc) + 3 * torch.tensor(scales) * torch.randn(100, 2)
-    log_model = _batched_log_density(cg.model, zs, data)
+    log_model = batched_log_density(cg.model, zs, data)
     assert log_model.shape == (100,)
     assert log_model.max() - log_model.min() > 5.0  # non-vacuous: the density varies
     torch.testing.assert_close(log_model, target.log_prob(zs), atol=1e-10, rtol=0)
