@@ -3,6 +3,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# posteriordb reference folder (data + reference draws), read at run time by the benchmark
+POSTERIORDB ?= ../shared/posteriordb
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test test-slow lint bench clean
@@ -34,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/guides.py
 	$(BIN)/python benchmarks/sbn.py
 	$(BIN)/python benchmarks/vae.py
+	$(BIN)/python benchmarks/reference_posteriors.py --reference-dir $(POSTERIORDB)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pyro.infer.autoguide import initialization as init
 
+from ppl_vi.infer_util import improper_safe
+
 INIT_STRATEGIES = {
     "feasible": init.init_to_feasible,
     "median": init.init_to_median,
@@ -17,14 +19,18 @@ def resolve_init_loc_fn(init_loc_fn):
     """Turn a strategy name, a dict of initial values or a callable into Pyro's init function.
 
     A dict ``{site: value}`` initialises the named sites to those (constrained) values and the
-    rest to a feasible point.
+    rest to a feasible point. Sites with a flat improper prior (``ImproperUniform``), which
+    Pyro's strategies cannot draw from, start at ``biject_to(support)(0)``
+    (:func:`ppl_vi.infer_util.improper_safe`) unless a value is given.
     """
     if callable(init_loc_fn):
-        return init_loc_fn
+        return improper_safe(init_loc_fn)
     if isinstance(init_loc_fn, dict):
-        return init.init_to_value(values=init_loc_fn, fallback=init.init_to_feasible)
+        return improper_safe(
+            init.init_to_value(values=init_loc_fn, fallback=improper_safe(init.init_to_feasible))
+        )
     if isinstance(init_loc_fn, str) and init_loc_fn in INIT_STRATEGIES:
-        return INIT_STRATEGIES[init_loc_fn]
+        return improper_safe(INIT_STRATEGIES[init_loc_fn])
     raise ValueError(
         f"init_loc_fn must be one of {sorted(INIT_STRATEGIES)}, a dict of initial values or a "
         f"callable init strategy (got init_loc_fn={init_loc_fn!r})"

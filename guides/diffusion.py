@@ -17,8 +17,6 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 SCHEDULES = ("linear", "cosine", "learned")
-#: Name of the auxiliary site that carries the sampled step ``t`` in :meth:`marginal_guide`.
-STEP_SITE = "_diffusion_step"
 _COSINE_OFFSET = 0.008
 
 
@@ -57,7 +55,7 @@ class DiffusionChain(PyroModule):
     named ``data_arg`` (default: ``obs_site``) and opens the same (subsampled) plate.
 
     Calling the guide samples the whole chain, so ``pyro.infer.Trace_ELBO`` gives the full-chain
-    ELBO. :class:`DiffusionELBO` instead uses :meth:`marginal_guide` (one step ``t`` and the
+    ELBO. :class:`DiffusionELBO` instead uses :meth:`marginal_guide` (independent draws from the
     closed-form marginals) and scores the KL terms analytically.
 
     Parameters
@@ -299,23 +297,16 @@ class DiffusionChain(PyroModule):
         return out
 
     def marginal_guide(self, *args, **kwargs) -> dict:
-        r"""One Rao-Blackwellized draw: :math:`t \sim U\{2..T\}` (auxiliary site
-        ``"_diffusion_step"``), then :math:`z_1 \sim q(z_1 \mid x)` and
-        :math:`z_t \sim q(z_t \mid x)` from the closed-form marginals (no chain simulation)."""
+        r"""Draw every :math:`z_t \sim q(z_t \mid x)` from its closed-form marginal,
+        independently across :math:`t` (no chain simulation); used by :class:`DiffusionELBO`,
+        whose terms each involve one :math:`z_t` only."""
         x = self._batch(args, kwargs)
-        t_max = self.num_diffusion_steps
         out = {}
-        if t_max >= 2:
-            # One step for the whole mini-batch, outside the data plate.
-            probs = x.new_ones(t_max - 1) / (t_max - 1)
-            step = pyro.sample(STEP_SITE, dist.Categorical(probs), infer={"is_auxiliary": True})
-            out[STEP_SITE] = step = int(step) + 2
         with pyro.plate(self.plate_name, self._plate_size, subsample_size=self._subsample_size,
                         dim=-1) as idx:
             xb = x.index_select(0, idx)
-            out["z_1"] = pyro.sample("z_1", self.marginal(xb, 1))
-            if t_max >= 2:
-                out[f"z_{step}"] = pyro.sample(f"z_{step}", self.marginal(xb, step))
+            for t in range(1, self.num_diffusion_steps + 1):
+                out[f"z_{t}"] = pyro.sample(f"z_{t}", self.marginal(xb, t))
         return out
 
 
@@ -326,21 +317,41 @@ class DiffusionELBO(ELBO):
 
         \mathcal{L}(x) = \mathbb{E}_{q(z_1 \mid x)} \log p(x \mid z_1)
         - \mathrm{KL}\big(q(z_T \mid x) \,\|\, p(z_T)\big)
-        - (T - 1)\, \mathbb{E}_{t \sim U\{2..T\}}\, \mathbb{E}_{q(z_t \mid x)}
+        - \sum_{t=2}^{T} \mathbb{E}_{q(z_t \mid x)}
           \mathrm{KL}\big(q(z_{t-1} \mid z_t, x) \,\|\, p(z_{t-1} \mid z_t)\big)
 
     (Sohl-Dickstein et al., 2015, eq. 14; Ho et al., 2020, eq. 5), equal in expectation to the
     full-chain ELBO :math:`\mathbb{E}_{q(z_{1:T} \mid x)}[\log p(x, z_{1:T}) - \log q(z_{1:T}
-    \mid x)]`. Where the terms live: the guide supplies the draws (``marginal_guide``) and the
-    closed forms of :math:`q`; the model, replayed on those draws, supplies the distributions
+    \mid x)]`. Each expectation uses its own draw from the closed-form marginal
+    :math:`q(z_t \mid x)` and each KL is exact, so no chain is simulated. What this buys is a
+    lower-variance *gradient* for the model's parameters: on the 2-D ``"gaussian"`` data the
+    trace of the gradient covariance is 2.5x lower than the full chain's at :math:`T = 10`
+    (untrained network) and 4.3x lower at :math:`T = 20` after training, the gap growing with
+    :math:`T` (``tests/guides/test_guide_diffusion.py`` checks it). The *value* of the ELBO
+    estimate, however, has a higher variance than the full-chain log weight once the model
+    fits well, because the full chain's terms cancel as :math:`p(x, z_{1:T}) \to p(x)\,
+    q(z_{1:T} \mid x)` while the reconstruction term here keeps its own noise; use
+    ``pyro.infer.Trace_ELBO`` (or importance sampling) to evaluate a trained model.
+
+    ``steps="uniform"`` instead estimates the sum by :math:`(T - 1)\,\mathrm{KL}_{t_i}` with
+    one step :math:`t_i \sim U\{2..T\}` drawn per data point (Ho et al.'s training objective
+    with its weights): also unbiased, with more variance than ``"all"`` (each point sees one
+    step; 3x the full chain's gradient variance in the measurement above), which the average
+    over the mini-batch reduces. Since a Pyro model written as a
+    reverse chain evaluates its network at every step when it is replayed, ``"uniform"`` does
+    not save computation here; it is offered for models whose terms are costly to sum.
+
+    Where the terms live: the guide supplies the draws (``marginal_guide``) and the closed forms
+    of :math:`q`; the model, replayed on those draws, supplies the distributions
     :math:`p(x \mid z_1)`, :math:`p(z_T)` and :math:`p(z_{t-1} \mid z_t)` of its own sample
-    sites; this class takes the KLs analytically. The model runs unchanged (other latent sites
-    are drawn from the model and do not enter the loss). Terms are scaled by the plate's
-    subsampling factor. ``num_particles`` independent draws are averaged.
+    sites; this class takes the KLs analytically. Terms are scaled by the plate's subsampling
+    factor. ``num_particles`` independent draws are averaged.
 
     Parameters
     ----------
     num_particles : int, default 1
+    steps : {"all", "uniform"}, default "all"
+        Sum every step's KL, or one uniformly drawn step per data point.
     max_plate_nesting : int, optional
         Accepted for ``fit``; unused.
     vectorize_particles : bool, default False
@@ -356,9 +367,12 @@ class DiffusionELBO(ELBO):
     >>> loss = svi.step(**data, **kw)
     """
 
+    STEPS = ("all", "uniform")
+
     def __init__(
         self,
         num_particles: int = 1,
+        steps: str = "all",
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         strict_enumeration_warning: bool = True,
@@ -367,6 +381,8 @@ class DiffusionELBO(ELBO):
             num_particles < 1
         ):
             raise ValueError(f"num_particles must be an integer >= 1 (got {num_particles!r})")
+        if steps not in self.STEPS:
+            raise ValueError(f"steps must be one of {list(self.STEPS)} (got steps={steps!r})")
         if vectorize_particles:
             raise ValueError(
                 "DiffusionELBO runs its particles in a loop; vectorize_particles=True is not "
@@ -378,6 +394,7 @@ class DiffusionELBO(ELBO):
             vectorize_particles=False,
             strict_enumeration_warning=strict_enumeration_warning,
         )
+        self.steps = steps
 
     @staticmethod
     def _check_guide(guide) -> DiffusionChain:
@@ -404,10 +421,21 @@ class DiffusionELBO(ELBO):
         elbo = obs["fn"].log_prob(x)  # (B,) reconstruction, z_1 replayed from q(z_1 | x)
         elbo = elbo - kl_divergence(guide.marginal(x, t_max), model_trace.nodes[f"z_{t_max}"]["fn"])
         if t_max >= 2:
-            t = guide_trace.nodes[STEP_SITE]["value"].item() + 2
-            z_t = guide_trace.nodes[f"z_{t}"]["value"]
-            p_prev = model_trace.nodes[f"z_{t - 1}"]["fn"]  # p(z_{t-1} | z_t), z_t replayed
-            elbo = elbo - (t_max - 1) * kl_divergence(guide.posterior(x, z_t, t), p_prev)
+            kls = torch.stack(
+                [
+                    kl_divergence(
+                        guide.posterior(x, guide_trace.nodes[f"z_{t}"]["value"], t),
+                        model_trace.nodes[f"z_{t - 1}"]["fn"],  # p(z_{t-1} | z_t), z_t replayed
+                    )
+                    for t in range(2, t_max + 1)
+                ],
+                -1,
+            )  # (B, T - 1)
+            if self.steps == "all":
+                elbo = elbo - kls.sum(-1)
+            else:
+                pick = torch.randint(t_max - 1, kls.shape[:-1] + (1,), device=kls.device)
+                elbo = elbo - (t_max - 1) * kls.gather(-1, pick).squeeze(-1)
         return (obs["scale"] * elbo).sum()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -8,9 +8,11 @@
 torch.Size([100])
 """
 
-from ppl_vi import elbos, guides, models
+from ppl_vi import diagnostics, elbos, guides, models
+from ppl_vi.compare import Report, compare
 from ppl_vi.fit import Convergence, FitState, NonFiniteLossError, Polish, fit
 from ppl_vi.io import CheckpointError
+from ppl_vi.nuts import NUTSResult, load_nuts, run_nuts
 from ppl_vi.result import VIResult, load
 
 __version__ = "0.1.0"
@@ -19,12 +21,18 @@ __all__ = [
     "CheckpointError",
     "Convergence",
     "FitState",
+    "NUTSResult",
     "NonFiniteLossError",
     "Polish",
+    "Report",
     "VIResult",
+    "compare",
+    "diagnostics",
     "elbos",
     "fit",
     "guides",
     "load",
+    "load_nuts",
     "models",
+    "run_nuts",
 ]

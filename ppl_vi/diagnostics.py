@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
+import pyro.poutine as poutine
+import torch
 from matplotlib.figure import Figure
+
+from ppl_vi.result import _arviz
 
 
 def plot_losses(losses, path: str | os.PathLike | None = None, title: str = "Training loss"):
@@ -34,3 +39,248 @@ def plot_losses(losses, path: str | os.PathLike | None = None, title: str = "Tra
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+# ---------------------------------------------------------------------------------- PSIS
+#: Pareto k-hat thresholds of Yao et al. (2018): below the first the approximation is good,
+#: between them usable with care, above the second unreliable.
+KHAT_GOOD, KHAT_BAD = 0.5, 0.7
+
+
+def khat_verdict(khat: float) -> str:
+    """A plain-language reading of a PSIS Pareto k-hat (Yao et al., 2018).
+
+    >>> khat_verdict(0.3)
+    'k-hat 0.30 < 0.5: the approximation is close to the posterior; estimates can be trusted'
+    """
+    if not np.isfinite(khat):
+        return f"k-hat {khat}: could not be estimated (non-finite importance weights)"
+    if khat < KHAT_GOOD:
+        return (
+            f"k-hat {khat:.2f} < {KHAT_GOOD}: the approximation is close to the posterior; "
+            "estimates can be trusted"
+        )
+    if khat < KHAT_BAD:
+        return (
+            f"k-hat {khat:.2f} in [{KHAT_GOOD}, {KHAT_BAD}): usable with care; PSIS-corrected "
+            "estimates (psis_resample) are more reliable than the raw draws"
+        )
+    return (
+        f"k-hat {khat:.2f} >= {KHAT_BAD}: the approximation is far from the posterior in its "
+        "tails; do not trust its means and variances, and compare with NUTS"
+    )
+
+
+def psis(log_weights) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed importance weights via :func:`arviz.psislw`.
+
+    Parameters
+    ----------
+    log_weights : array-like, shape (S,)
+        ``log p(x, z_s) - log q(z_s)`` for draws ``z_s ~ q``.
+
+    Returns
+    -------
+    (numpy.ndarray, float)
+        Normalised smoothed log weights (logsumexp 0) and the Pareto k-hat.
+    """
+    az = _arviz()
+    lw = np.asarray(log_weights, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        smoothed, khat = az.psislw(lw.copy(), reff=1.0)
+    return np.asarray(smoothed), float(khat)
+
+
+def psis_resample(
+    result, num_samples: int = 1000, num_proposals: int | None = None, seed: int | None = 0
+) -> dict:
+    """Importance-corrected draws: guide draws resampled with PSIS weights.
+
+    ``num_proposals`` draws (default ``4 * num_samples``) come from the fitted guide; their
+    Pareto-smoothed weights p(x, z)/q(z) pick ``num_samples`` of them with replacement
+    (Yao et al., 2018, sec. 3). The k-hat says how far to trust the result; with k-hat >= 0.7
+    a ``UserWarning`` says so.
+
+    Returns
+    -------
+    dict
+        Site name -> tensor ``(num_samples, *shape)``, as :meth:`ppl_vi.VIResult.sample`.
+    """
+    num_proposals = num_proposals or 4 * num_samples
+    samples, log_p, log_q = result._draws(num_proposals, seed)
+    lw, khat = psis((log_p - log_q).detach().cpu().numpy())
+    if khat >= KHAT_BAD:
+        warnings.warn("PSIS resampling with " + khat_verdict(khat), UserWarning, stacklevel=2)
+    rng = np.random.default_rng(seed)
+    prob = np.exp(lw - lw.max())
+    idx = torch.as_tensor(rng.choice(len(lw), size=num_samples, p=prob / prob.sum()))
+    return {k: v[idx.to(v.device)] for k, v in samples.items()}
+
+
+# ------------------------------------------------------------------- predictive and LOO
+def posterior_predictive(
+    model, samples: dict, args=(), kwargs=None, seed: int | None = 0, info=None
+) -> dict:
+    """Replicated observations: the model's observed sites drawn at each posterior draw.
+
+    Uses :class:`pyro.infer.Predictive` (one model run per draw, so models need no batch
+    semantics). Returns observed site name -> tensor ``(S, *obs_shape)``.
+    """
+    from pyro.infer import Predictive
+
+    from ppl_vi.infer_util import full_plates, model_info
+    from ppl_vi.result import seeded
+
+    kwargs = dict(kwargs or {})
+    info = info or model_info(model, tuple(args), kwargs)
+    latent = {k: v for k, v in samples.items() if k in info.latent}
+    with seeded(seed), full_plates(info), torch.no_grad():
+        out = Predictive(model, posterior_samples=latent, return_sites=list(info.observed))(
+            *args, **kwargs
+        )
+    return {k: v.detach() for k, v in out.items()}
+
+
+def pointwise_log_likelihood(model, samples: dict, args=(), kwargs=None, info=None) -> dict:
+    """``log p(y_i | theta_s)`` for every observed site, draw ``s`` and datum ``i``.
+
+    Returns observed site name -> array ``(S, *site_batch_shape)`` (the batch dims are the
+    site's plates, so each entry is one conditionally independent observation).
+    """
+    from ppl_vi.infer_util import full_plates, model_info
+
+    kwargs = dict(kwargs or {})
+    info = info or model_info(model, tuple(args), kwargs)
+    num = len(next(iter(samples.values())))
+    out = {name: [] for name in info.observed}
+    with full_plates(info), torch.no_grad():
+        for s in range(num):
+            values = {k: v[s] for k, v in samples.items() if k in info.latent}
+            trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+            for name in info.observed:
+                site = trace.nodes[name]
+                out[name].append(site["fn"].log_prob(site["value"]).detach().cpu().numpy())
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def loo(result, num_samples: int = 1000, seed: int | None = 0):
+    """PSIS-LOO expected log predictive density of a fit (VI or NUTS).
+
+    For a :class:`~ppl_vi.nuts.NUTSResult` this is :func:`arviz.loo` on its draws. For a VI fit
+    the draws come from q, so the leave-one-out ratios carry the importance correction of
+    Magnusson et al. (2019): :math:`r_{is} \\propto p(x, z_s) / (q(z_s)\\, p(y_i \\mid z_s))`,
+    Pareto-smoothed per datum. The model must have one observed site whose plate dims index
+    the data.
+
+    Returns
+    -------
+    pandas.Series
+        ``elpd_loo``, ``se``, ``p_loo``, ``n_data``, ``max_khat`` and ``n_bad_khat`` (data
+        with k-hat >= 0.7, whose LOO terms are unreliable).
+
+    References
+    ----------
+    Vehtari, A., Gelman, A. & Gabry, J. (2017). Practical Bayesian model evaluation using
+    leave-one-out cross-validation and WAIC. Statistics and Computing.
+    Magnusson, M., Andersen, M. R., Jonasson, J. & Vehtari, A. (2019). Bayesian leave-one-out
+    cross-validation for large data. ICML.
+    """
+    import pandas as pd
+    from scipy.special import logsumexp
+
+    if not hasattr(result, "_draws"):  # MCMC draws: ArviZ's PSIS-LOO
+        az = _arviz()
+        idata = add_posterior_predictive(result.to_inference_data(), result)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            elpd = az.loo(idata, pointwise=True)
+        khats = np.asarray(elpd.pareto_k).ravel()
+        return pd.Series(
+            {
+                "elpd_loo": float(elpd.elpd_loo),
+                "se": float(elpd.se),
+                "p_loo": float(elpd.p_loo),
+                "n_data": int(elpd.n_data_points),
+                "max_khat": float(khats.max()),
+                "n_bad_khat": int((khats >= KHAT_BAD).sum()),
+            }
+        )
+    samples, log_p, log_q = result._draws(num_samples, seed)
+    log_ratio = (log_p - log_q).detach().cpu().double().numpy()
+    loglik = pointwise_log_likelihood(
+        result.model, samples, result.model_args, result.model_kwargs, result.info
+    )
+    if len(loglik) != 1:
+        raise ValueError(
+            f"loo needs a model with exactly one observed site (got {sorted(loglik)}); "
+            "combine the observations or compute LOO per site with pointwise_log_likelihood"
+        )
+    ll = next(iter(loglik.values()))
+    ll = ll.reshape(len(ll), -1)  # (S, N)
+    num, n_data = ll.shape
+    elpd = np.empty(n_data)
+    lppd = np.empty(n_data)
+    khats = np.empty(n_data)
+    base = np.zeros(num) if log_ratio is None else log_ratio
+    # Full-posterior weights (for lppd): PSIS of p/q for VI, uniform for MCMC.
+    lw_full = np.full(num, -np.log(num)) if log_ratio is None else psis(base)[0]
+    for i in range(n_data):
+        lw, khats[i] = psis(base - ll[:, i])
+        elpd[i] = logsumexp(lw + ll[:, i])
+        lppd[i] = logsumexp(lw_full + ll[:, i])
+    return pd.Series(
+        {
+            "elpd_loo": elpd.sum(),
+            "se": float(np.sqrt(n_data * elpd.var())),
+            "p_loo": float((lppd - elpd).sum()),
+            "n_data": n_data,
+            "max_khat": float(khats.max()),
+            "n_bad_khat": int((khats >= KHAT_BAD).sum()),
+        }
+    )
+
+
+def add_posterior_predictive(idata, result, num_samples: int | None = None, seed: int | None = 0):
+    """Add a ``posterior_predictive`` group (and ``log_likelihood``) to an InferenceData.
+
+    ``result`` is the VI or NUTS result the InferenceData came from; its posterior draws in
+    ``idata`` are reused, so the replicated data belong to the same draws.
+    """
+    post = idata.posterior
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    samples = {
+        k: torch.as_tensor(post[k].values.reshape((n_chain * n_draw,) + post[k].shape[2:]))
+        for k in result.info.latent
+    }
+    draws = posterior_predictive(
+        result.model, samples, result.model_args, result.model_kwargs, seed, result.info
+    )
+    loglik = pointwise_log_likelihood(
+        result.model, samples, result.model_args, result.model_kwargs, result.info
+    )
+    az = _arviz()
+    extra = az.from_dict(
+        posterior_predictive={
+            k: v.cpu().numpy().reshape((n_chain, n_draw) + v.shape[1:]) for k, v in draws.items()
+        },
+        log_likelihood={k: v.reshape((n_chain, n_draw) + v.shape[1:]) for k, v in loglik.items()},
+    )
+    idata.extend(extra)
+    return idata
+
+
+# ------------------------------------------------------------------------ dispersion
+def underdispersion(table, threshold: float = 0.9) -> list[str]:
+    """Parameters whose VI sd is below ``threshold`` times the reference sd.
+
+    ``table`` is a :attr:`ppl_vi.compare.Report.table`. Mean-field VI minimises KL(q || p),
+    which under-estimates posterior variances (Blei et al., 2017, sec. 2.4); a ratio this low
+    means credible intervals from the fit are too narrow.
+    """
+    low = table[table["sd_ratio"] < threshold]
+    return [
+        f"{name}: VI sd is {row.sd_ratio:.2f}x the reference sd (under-dispersed; intervals "
+        "too narrow)"
+        for name, row in low.iterrows()
+    ]

@@ -7,11 +7,13 @@ so that results, diagnostics and the ELBO classes agree on what a "particle" is.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible
 from pyro.poutine.subsample_messenger import SubsampleMessenger, _Subsample
 from pyro.poutine.util import prune_subsample_sites
@@ -93,6 +95,29 @@ def plate_nesting(trace) -> int:
     return depth
 
 
+def improper_safe(init_fn: Callable) -> Callable:
+    """An init strategy that also works for priors that cannot be sampled.
+
+    Sites whose distribution has no sampler (``ImproperUniform``, the flat priors of many Stan
+    models) start at the image of zero under ``biject_to(support)`` (0 on the reals, 1 for a
+    positive site); every other site is initialised by ``init_fn``. Pyro's own strategies draw
+    from the prior first and fail on such sites.
+    """
+
+    def init(site=None):
+        if site is None:
+            return init
+        try:
+            return init_fn(site)
+        except NotImplementedError:
+            fn = site["fn"]
+            transform = biject_to(fn.support)
+            shape = transform.inverse_shape(fn.batch_shape + fn.event_shape)
+            return transform(torch.zeros(shape)).detach()
+
+    return init
+
+
 def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
     """Trace ``model`` once (latents drawn from the prior, or set to a feasible point when the
     prior cannot be sampled; parameters isolated) and describe it."""
@@ -100,7 +125,7 @@ def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
         try:
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         except NotImplementedError:  # a prior that cannot be sampled, e.g. ImproperUniform
-            feasible = InitMessenger(init_to_feasible)(model)
+            feasible = InitMessenger(improper_safe(init_to_feasible))(model)
             trace = poutine.trace(feasible).get_trace(*args, **kwargs)
     info = ModelInfo(name=model_name(model), max_plate_nesting=plate_nesting(trace))
     for name, site in trace.nodes.items():

@@ -11,6 +11,12 @@ from pathlib import Path
 import torch
 
 FORMAT = "ppl_vi"
+#: Which call reads each kind of file.
+_READERS = {
+    "result": "ppl_vi.load",
+    "checkpoint": "fit(checkpoint=...)",
+    "nuts": "ppl_vi.load_nuts",
+}
 VERSION = 1
 
 
@@ -65,8 +71,8 @@ def read(path: str | os.PathLike, kind: str) -> dict:
     if payload.get("kind") != kind:
         raise CheckpointError(
             f"'{path}' holds a ppl-vi {payload.get('kind')!r}, not a {kind!r}. Use "
-            f"{'ppl_vi.load' if payload.get('kind') == 'result' else 'fit(checkpoint=...)'} "
-            "for it, or pass another path."
+            f"{_READERS.get(payload.get('kind'), 'the matching reader')} for it, or pass another "
+            "path."
         )
     if payload.get("version", 0) > VERSION:
         raise CheckpointError(

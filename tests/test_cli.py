@@ -74,7 +74,12 @@ def test_bad_option_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_demo_writes_a_report(tmp_path):
-    main(["demo", "--out", str(tmp_path), "--steps", "300", "--no-progress"])
+    main(["demo", "--out", str(tmp_path), "--steps", "300", "--warmup", "100", "--draws", "100",
+          "--no-progress"])
     report = (tmp_path / "report.md").read_text()
     assert "| tau " in report and "PSIS k-hat" in report
+    for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE"):
+        assert f"## {method}" in report
     assert (tmp_path / "loss.png").stat().st_size > 10_000
+    for method in ("mean_field_elbo", "iaf_elbo", "mean_field_iwae"):
+        assert (tmp_path / f"compare_{method}.png").stat().st_size > 10_000

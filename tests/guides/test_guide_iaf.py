@@ -2,7 +2,6 @@
 
 import json
 import math
-import statistics
 
 import pyro
 import pyro.distributions as dist
@@ -112,23 +111,22 @@ def test_closes_the_mean_field_gap_on_correlated_gaussian():
     assert torch.corrcoef(z.T)[0, 1] > 0.85  # mean field's is 0
 
 
-def test_lower_pareto_khat_than_mean_field_on_banana():
+def test_higher_elbo_than_mean_field_on_banana():
+    # The curved ridge costs mean field 1.3 nats at its optimum; the flow follows it. (PSIS
+    # k-hat does not separate the two here: with 50,000 draws both measure about 0.85, because
+    # the reverse-KL flow fit also trims the banana's tips; see the closing note of the guides.)
     data = banana.load_data()
-    khat = {"iaf": [], "mean_field": []}
-    for seed in range(3):
-        for name, guide in (("iaf", IAF), ("mean_field", MeanField)):
-            pyro.set_rng_seed(seed)
-            result = ppl_vi.fit(
-                banana.model,
-                **data,
-                guide=guide,
-                guide_kwargs={"init_scale": 1.0},
-                num_steps=1000,
-                progress=False,
-            )
-            khat[name].append(result.psis_khat(2000, seed=seed))
-    # Measured medians: see the report; mean field cannot follow the curved ridge.
-    assert statistics.median(khat["iaf"]) < statistics.median(khat["mean_field"])
+    elbo = {}
+    for name, guide in (("iaf", IAF), ("mean_field", MeanField)):
+        pyro.set_rng_seed(0)
+        result = ppl_vi.fit(
+            banana.model, **data, guide=guide, guide_kwargs={"init_scale": 1.0},
+            num_steps=2000, lr=0.05, progress=False,
+        )
+        elbo[name] = elbo_estimate(result)
+    (iaf, iaf_se), (mf, mf_se) = elbo["iaf"], elbo["mean_field"]
+    assert iaf - mf > 0.2 + 4 * math.hypot(iaf_se, mf_se), elbo
+    assert iaf < 4 * iaf_se  # log Z = 0: the ELBO is a lower bound
 
 
 def test_argument_errors():

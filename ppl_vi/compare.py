@@ -1,0 +1,341 @@
+"""VI against NUTS (or reference draws): per-parameter table, global figures, one figure."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy.stats import gaussian_kde, wasserstein_distance
+
+from ppl_vi.diagnostics import (
+    KHAT_BAD,
+    KHAT_GOOD,
+    khat_verdict,
+    psis,
+    underdispersion,
+)
+
+__all__ = ["Report", "compare", "components"]
+
+#: Mean errors beyond this many reference sds are flagged.
+MEAN_ERROR_FLAG = 0.5
+#: sd ratios below this are flagged as under-dispersion (intervals at least 10% too narrow).
+SD_RATIO_FLAG = 0.9
+
+
+def components(draws: dict) -> dict[str, np.ndarray]:
+    """Flatten draws ``{site: (S, *shape)}`` into scalar components ``{"theta[0]": (S,)}``.
+
+    Names follow ArviZ: 0-based indices in brackets, comma-separated for matrices.
+    """
+    out = {}
+    for name, value in draws.items():
+        arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, float)
+        shape = arr.shape[1:]
+        if not shape:
+            out[name] = arr
+            continue
+        flat = arr.reshape(len(arr), -1)
+        for j, idx in enumerate(np.ndindex(*shape)):
+            out[f"{name}[{','.join(map(str, idx))}]"] = flat[:, j]
+    return out
+
+
+def _reference_draws(reference):
+    """(draws, wall_time, label) of a NUTSResult, a posteriordb Posterior or a dict."""
+    from ppl_vi.nuts import NUTSResult
+
+    if isinstance(reference, NUTSResult):
+        return reference.samples, reference.wall_time, "NUTS"
+    if hasattr(reference, "reference") and hasattr(reference, "posterior_name"):
+        return reference.reference, None, f"posteriordb {reference.posterior_name}"
+    if isinstance(reference, dict):
+        return reference, None, "reference draws"
+    raise TypeError(
+        "reference must be a NUTSResult (ppl_vi.run_nuts), a posteriordb Posterior "
+        f"(ppl_vi.models.posteriordb.load) or a dict of draws (got {type(reference).__name__})"
+    )
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`compare`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar component: ``vi_mean``, ``ref_mean``, ``mean_error`` (VI minus
+        reference mean, in reference sds), ``vi_sd``, ``ref_sd``, ``sd_ratio`` (VI / reference),
+        ``w1`` (Wasserstein-1 distance of the two marginals after standardising both with the
+        reference mean and sd) and ``ref_mcse`` (the reference mean's Monte Carlo standard error
+        in reference sds, ``1/sqrt(ESS)``).
+    khat : float
+        PSIS k-hat of the VI approximation.
+    elbo, elbo_se : float
+        Mean of ``log p(x, z) - log q(z)`` over the VI draws, and its standard error.
+    vi_time, ref_time : float or None
+        Wall times (training; sampling incl. warm-up); ``speedup`` = ref_time / vi_time.
+    flags : list of str
+        Plain-language warnings: large mean errors, under-dispersion, k-hat.
+    """
+
+    table: pd.DataFrame
+    khat: float
+    elbo: float
+    elbo_se: float
+    vi_time: float | None
+    ref_time: float | None
+    ref_label: str
+    vi_label: str
+    flags: list = field(default_factory=list)
+    losses: np.ndarray | None = None
+    vi_draws: dict = field(default_factory=dict, repr=False)
+    ref_draws: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.vi_time and self.ref_time:
+            return self.ref_time / self.vi_time
+        return None
+
+    @property
+    def khat_verdict(self) -> str:
+        return khat_verdict(self.khat)
+
+    @property
+    def max_mean_error(self) -> float:
+        return float(self.table["mean_error"].abs().max())
+
+    def summary(self) -> dict:
+        """The global figures as a dict (for JSON)."""
+        return {
+            "vi": self.vi_label,
+            "reference": self.ref_label,
+            "max_abs_mean_error_sd": self.max_mean_error,
+            "median_sd_ratio": float(self.table["sd_ratio"].median()),
+            "khat": self.khat,
+            "elbo": self.elbo,
+            "vi_time_s": self.vi_time,
+            "ref_time_s": self.ref_time,
+            "speedup": self.speedup,
+            "flags": list(self.flags),
+        }
+
+    def to_markdown(self, digits: int = 3) -> str:
+        """The global figures, the flags and the table as Markdown."""
+        lines = [
+            f"**{self.vi_label}** vs **{self.ref_label}**",
+            "",
+            f"- PSIS k-hat: {self.khat:.2f} ({self.khat_verdict})",
+            f"- ELBO: {self.elbo:.2f} ± {self.elbo_se:.2f}",
+            f"- max |mean error|: {self.max_mean_error:.3f} reference sd; median sd ratio "
+            f"{self.table['sd_ratio'].median():.2f}",
+        ]
+        if self.vi_time is not None:
+            lines.append(f"- VI wall time: {self.vi_time:.1f} s")
+        if self.ref_time is not None:
+            lines.append(f"- {self.ref_label} wall time: {self.ref_time:.1f} s")
+        if self.speedup is not None:
+            lines.append(f"- speed-up (reference time / VI time): {self.speedup:.1f}x")
+        if self.flags:
+            lines += ["", "**Warnings**", ""] + [f"- {f}" for f in self.flags]
+        lines += ["", self.table.round(digits).to_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | os.PathLike | None = None, max_params: int = 12) -> Figure:
+        """Overlaid marginal densities, a forest plot, the loss curve and the k-hat panel.
+
+        Shows the first ``max_params`` components (ordered by |mean error|, largest first, so
+        the worst ones are always visible). Saves a PNG when ``path`` is given.
+        """
+        names = list(self.table["mean_error"].abs().sort_values(ascending=False).index)
+        names = names[:max_params]
+        ncol = 4
+        nrow_marg = math.ceil(len(names) / ncol)
+        fig = Figure(figsize=(13, 2.4 * nrow_marg + 4.2), layout="constrained")
+        grid = fig.add_gridspec(nrow_marg + 2, ncol)
+        for k, name in enumerate(names):
+            ax = fig.add_subplot(grid[k // ncol, k % ncol])
+            ref, vi = self.ref_draws[name], self.vi_draws[name]
+            lo, hi = np.quantile(np.concatenate([ref, vi]), [0.005, 0.995])
+            xs = np.linspace(lo, hi, 200)
+            for draws, label, color in ((ref, self.ref_label, "0.3"), (vi, "VI", "C0")):
+                if np.std(draws) > 0:
+                    ax.plot(xs, gaussian_kde(draws)(xs), color=color, label=label, lw=1.4)
+            row = self.table.loc[name]
+            ax.set_title(
+                f"{name}: err {row.mean_error:+.2f} sd, sd ratio {row.sd_ratio:.2f}", fontsize=8
+            )
+            ax.tick_params(labelsize=7)
+            ax.set_yticks([])
+            if k == 0:
+                ax.legend(fontsize=7)
+        # forest plot, standardised by the reference
+        ax = fig.add_subplot(grid[nrow_marg:, :2])
+        rows = self.table.loc[names]
+        y = np.arange(len(names))[::-1]
+        for offset, (draws, color, label) in enumerate(
+            ((self.ref_draws, "0.3", self.ref_label), (self.vi_draws, "C0", "VI"))
+        ):
+            z = [
+                (np.quantile(draws[n], [0.05, 0.5, 0.95]) - rows.loc[n, "ref_mean"])
+                / rows.loc[n, "ref_sd"]
+                for n in names
+            ]
+            z = np.array(z)
+            yy = y + (0.15 if offset == 0 else -0.15)
+            ax.hlines(yy, z[:, 0], z[:, 2], color=color, lw=2, label=f"{label} 90% interval")
+            ax.plot(z[:, 1], yy, "o", color=color, ms=4)
+        ax.set_yticks(y, names, fontsize=7)
+        ax.axvline(0, color="0.7", lw=0.8)
+        ax.set_xlabel("(value - reference mean) / reference sd")
+        ax.set_title("forest plot (standardised)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        # loss curve
+        ax = fig.add_subplot(grid[nrow_marg:, 2])
+        if self.losses is not None and len(self.losses):
+            losses = np.asarray(self.losses, float)
+            ax.plot(losses, color="0.75", lw=0.5)
+            w = max(1, min(100, len(losses) // 20))
+            if w > 1:
+                ax.plot(
+                    np.arange(w - 1, len(losses)),
+                    np.convolve(losses, np.ones(w) / w, "valid"),
+                    color="C0",
+                )
+            lo, hi = np.percentile(losses, [1, 99])
+            ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
+        ax.set_xlabel("step")
+        ax.set_title("VI loss (-ELBO)", fontsize=9)
+        # k-hat panel
+        ax = fig.add_subplot(grid[nrow_marg:, 3])
+        color = "C2" if self.khat < KHAT_GOOD else ("C1" if self.khat < KHAT_BAD else "C3")
+        ax.bar([0], [min(self.khat, 1.5)], color=color, width=0.5)
+        for t, lab in ((KHAT_GOOD, "0.5 good"), (KHAT_BAD, "0.7 unreliable")):
+            ax.axhline(t, color="0.4", ls="--", lw=0.8)
+            ax.text(0.3, t + 0.02, lab, fontsize=7)
+        ax.set_ylim(0, max(1.2, min(self.khat, 1.5) + 0.1))
+        ax.set_xticks([])
+        ax.set_title(f"PSIS k-hat = {self.khat:.2f}", fontsize=9)
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
+
+def compare(
+    vi_result,
+    reference,
+    num_samples: int = 4000,
+    seed: int | None = 0,
+    vi_label: str | None = None,
+    warn: bool = True,
+    resample: bool = False,
+) -> Report:
+    """Compare a VI fit with NUTS draws or reference draws, component by component.
+
+    Parameters
+    ----------
+    vi_result : ppl_vi.VIResult
+    reference : ppl_vi.nuts.NUTSResult, posteriordb Posterior or dict
+        NUTS run, a posteriordb reference (:func:`ppl_vi.models.posteriordb.load`), or draws
+        ``{site: array (S, *shape)}``. Sites present in both are compared.
+    num_samples : int, default 4000
+        VI draws (the same draws give the k-hat and the ELBO).
+    seed : int, optional
+    vi_label : str, optional
+        Name of the VI method in the report (default: guide and ELBO classes).
+    warn : bool, default True
+        Issue a ``UserWarning`` listing the flags (under-dispersion, large errors, k-hat).
+    resample : bool, default False
+        Compare PSIS-resampled draws (:func:`ppl_vi.diagnostics.psis_resample`) instead of
+        raw guide draws: the right comparison for guides trained as importance-sampling
+        proposals (IWAE, Rényi with alpha < 0), which are wider than the posterior on purpose.
+
+    Returns
+    -------
+    Report
+    """
+    ref, ref_time, ref_label = _reference_draws(reference)
+    samples, log_p, log_q = vi_result._draws(num_samples, seed)
+    if resample:
+        from ppl_vi.diagnostics import psis_resample
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # k-hat is reported below
+            samples = psis_resample(vi_result, num_samples, seed=seed)
+    shared = [k for k in ref if k in samples]
+    if not shared:
+        raise ValueError(
+            f"the reference has no site in common with the fit (reference sites "
+            f"{sorted(ref)}, fitted sites {sorted(samples)})"
+        )
+    vi_comp = components({k: samples[k] for k in shared})
+    ref_comp = components({k: ref[k] for k in shared})
+    rows = {}
+    for name, r in ref_comp.items():
+        v = vi_comp[name]
+        ref_mean, ref_sd = float(np.mean(r)), float(np.std(r, ddof=1))
+        scale = ref_sd if ref_sd > 0 else 1.0
+        rows[name] = {
+            "vi_mean": float(np.mean(v)),
+            "ref_mean": ref_mean,
+            "mean_error": (float(np.mean(v)) - ref_mean) / scale,
+            "vi_sd": float(np.std(v, ddof=1)),
+            "ref_sd": ref_sd,
+            "sd_ratio": float(np.std(v, ddof=1)) / scale,
+            "w1": wasserstein_distance((v - ref_mean) / scale, (r - ref_mean) / scale),
+            "ref_mcse": _mcse_sd(r, reference),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    lw = (log_p - log_q).detach().cpu().double().numpy()
+    _, khat = psis(lw)
+    guide = vi_result.guide_spec.get("name") or type(vi_result.guide).__name__
+    elbo_name = vi_result.elbo_spec.get("name") or vi_result.elbo_spec.get("class")
+    label = vi_label or (f"{guide} + {elbo_name}" if elbo_name else str(guide))
+    flags = []
+    big = table[table["mean_error"].abs() > MEAN_ERROR_FLAG]
+    for name, row in big.iterrows():
+        flags.append(f"{name}: VI mean is {row.mean_error:+.2f} reference sd off")
+    flags += underdispersion(table, SD_RATIO_FLAG)
+    if khat >= KHAT_GOOD:
+        flags.append(khat_verdict(khat))
+    report = Report(
+        table=table,
+        khat=khat,
+        elbo=float(lw.mean()),
+        elbo_se=float(lw.std(ddof=1) / math.sqrt(len(lw))),
+        vi_time=getattr(vi_result, "wall_time", None),
+        ref_time=ref_time,
+        ref_label=ref_label,
+        vi_label=label,
+        flags=flags,
+        losses=getattr(vi_result, "losses", None),
+        vi_draws=vi_comp,
+        ref_draws=ref_comp,
+    )
+    if warn and flags:
+        warnings.warn(f"{label} vs {ref_label}: " + "; ".join(flags), UserWarning, stacklevel=2)
+    return report
+
+
+def _mcse_sd(draws: np.ndarray, reference) -> float:
+    """Monte Carlo SE of the reference mean in reference sds: 1/sqrt(ESS).
+
+    NUTS draws use ArviZ's bulk ESS (autocorrelation-aware); reference draws are treated as
+    independent (posteriordb thins to near-independence).
+    """
+    from ppl_vi.nuts import NUTSResult
+
+    n = len(draws)
+    if isinstance(reference, NUTSResult):
+        from ppl_vi.result import _arviz
+
+        chains = reference.settings["num_chains"]
+        ess = float(_arviz().ess(np.asarray(draws).reshape(chains, -1), method="bulk"))
+        n = max(ess, 1.0)
+    return 1.0 / math.sqrt(n)

@@ -1,0 +1,94 @@
+"""compare(): per-component table, flags, Markdown and figure; LOO; PSIS resampling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+import ppl_vi
+from ppl_vi import diagnostics
+from ppl_vi.models import eight_schools as es
+from ppl_vi.models import normal_normal as nn_model
+
+
+def exact_draws(data, n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    post = nn_model.exact_posterior(**data)["mu"]
+    return {"mu": post.loc + post.scale * torch.randn(n, generator=gen, dtype=post.loc.dtype)}
+
+
+def test_normal_normal_mean_error_within_monte_carlo_error(float64, tmp_path):
+    data = nn_model.load_data()
+    fit = ppl_vi.fit(nn_model.model, **data, progress=False, seed=0)
+    report = ppl_vi.compare(fit, exact_draws(data, 4000), num_samples=4000, warn=False)
+    row = report.table.loc["mu"]
+    # in posterior sds: SE of a difference of two means of 4000 independent draws each
+    assert abs(row.mean_error) < 4 * math.sqrt(2 / 4000)
+    assert abs(row.sd_ratio - 1) < 4 * math.sqrt(2 / (2 * 4000)) * 1.5
+    assert row.w1 < 0.1
+    assert report.khat < 0.5 and report.flags == []
+    md = report.to_markdown()
+    assert "| mu " in md and "PSIS k-hat" in md
+    report.plot(tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_eight_schools_mean_field_tau_under_dispersed_and_flagged():
+    fit = ppl_vi.fit(es.model, **es.load_data(), num_steps=3000, progress=False, seed=0)
+    with pytest.warns(UserWarning, match="tau: VI sd is"):
+        report = ppl_vi.compare(fit, es.reference_draws())
+    assert report.table.loc["tau", "sd_ratio"] < 0.9
+    assert any(f.startswith("tau: VI sd is") for f in report.flags)
+    assert "under-dispersed" in report.to_markdown()
+
+
+def test_compare_rejects_unrelated_reference():
+    fit = ppl_vi.fit(nn_model.model, **nn_model.load_data(), num_steps=50, progress=False)
+    with pytest.raises(ValueError, match="no site in common"):
+        ppl_vi.compare(fit, {"beta": np.zeros((10,))})
+    with pytest.raises(TypeError, match="reference must be a NUTSResult"):
+        ppl_vi.compare(fit, [1, 2, 3])
+
+
+def test_vi_loo_matches_exact_leave_one_out(float64):
+    # normal_normal: p(x_i | x_-i) is Normal with the posterior of x_-i, closed form.
+    data = nn_model.load_data()
+    x = data["x"]
+    fit = ppl_vi.fit(nn_model.model, **data, progress=False, seed=0)
+    loo = diagnostics.loo(fit, num_samples=4000)
+    exact = 0.0
+    for i in range(len(x)):
+        rest = torch.cat([x[:i], x[i + 1 :]])
+        post = nn_model.exact_posterior(rest)["mu"]
+        exact += norm.logpdf(x[i].item(), post.loc.item(), math.hypot(post.scale.item(), 1.0))
+    assert loo["n_bad_khat"] == 0
+    assert abs(loo["elpd_loo"] - exact) < 0.05, (loo["elpd_loo"], exact)
+
+
+def test_psis_resampling_corrects_a_too_narrow_guide(float64):
+    data = nn_model.load_data()
+    exact = nn_model.exact_posterior(**data)["mu"]
+    fit = ppl_vi.fit(
+        nn_model.model,
+        **data,
+        num_steps=1,
+        progress=False,
+        guide_kwargs={
+            "init_loc_fn": {"mu": exact.loc.clone()},
+            "init_scale": 0.6 * exact.scale.item(),
+        },
+        polish=None,
+        lr=1e-6,
+    )
+    raw = fit.sample(4000, seed=1)["mu"]
+    fixed = diagnostics.psis_resample(fit, 4000, seed=1)["mu"]
+    assert raw.std() < 0.7 * exact.scale
+    assert abs(fixed.std() / exact.scale - 1) < 0.1
+
+
+def test_khat_verdicts():
+    assert "trusted" in diagnostics.khat_verdict(0.2)
+    assert "with care" in diagnostics.khat_verdict(0.6)
+    assert "do not trust" in diagnostics.khat_verdict(0.9)
