@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 POSTERIORDB ?= ../shared/posteriordb
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench tutorials clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,notebooks]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +25,11 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# Rebuild the tutorial notebooks from tutorials/*.py and execute them (full mode, ~30 min).
+tutorials: setup
+	$(BIN)/ppl-vi tutorials build
+	$(BIN)/ppl-vi tutorials run
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

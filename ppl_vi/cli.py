@@ -1,4 +1,4 @@
-"""Command line: ``ppl-vi fit | demo``."""
+"""Command line: ``ppl-vi fit | demo | tutorials build|run | notebook``."""
 
 from __future__ import annotations
 
@@ -196,6 +196,38 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_tutorials(args) -> int:
+    from ppl_vi import notebooks
+
+    src = Path(args.src)
+    if args.action == "build":
+        sources = [Path(p) for p in args.sources] or notebooks.tutorial_sources(src)
+        for path in notebooks.build(sources):
+            print(f"built {path}")
+        return 0
+    paths = [Path(p) for p in args.notebooks] or sorted(src.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise ValueError(f"no notebooks in {src}; run 'ppl-vi tutorials build' first")
+    for record in notebooks.run(paths, smoke=args.smoke):
+        print(f"ran {record.path} ({record.cells} cells, {record.seconds:.0f} s)")
+    return 0
+
+
+def cmd_notebook(args) -> int:
+    from ppl_vi.notebooks import model_report
+
+    out = model_report(
+        args.model,
+        args.out,
+        num_steps=args.steps,
+        num_warmup=args.warmup,
+        num_samples=args.draws,
+        smoke=args.smoke,
+    )
+    print(f"report notebook: {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="ppl-vi", description="Variational inference on Pyro models."
@@ -220,6 +252,24 @@ def main(argv=None) -> int:
     d.add_argument("--draws", type=int, default=1000)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(run=cmd_demo)
+    t = sub.add_parser("tutorials", help="build (py:percent -> ipynb) or run the tutorials")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tb = tsub.add_parser("build", help="convert tutorials/NN_*.py to .ipynb (drops outputs)")
+    tb.add_argument("sources", nargs="*", help="only these .py sources (default: all)")
+    tb.add_argument("--src", default="tutorials", help="tutorial folder")
+    tr = tsub.add_parser("run", help="execute the notebooks and store their outputs")
+    tr.add_argument("notebooks", nargs="*", help="only these .ipynb files (default: all)")
+    tr.add_argument("--src", default="tutorials", help="tutorial folder")
+    tr.add_argument("--smoke", action="store_true", help="tiny sizes (seconds per notebook)")
+    t.set_defaults(run=cmd_tutorials)
+    n = sub.add_parser("notebook", help="write and execute a VI-vs-NUTS report for a model file")
+    n.add_argument("model", help="path/to/model.py[:function] (with load_data()) or zoo name")
+    n.add_argument("--out", required=True, help="the .ipynb to write")
+    n.add_argument("--steps", type=int, default=3000)
+    n.add_argument("--warmup", type=int, default=500)
+    n.add_argument("--draws", type=int, default=1000)
+    n.add_argument("--smoke", action="store_true")
+    n.set_defaults(run=cmd_notebook)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -20,7 +20,7 @@ from ppl_vi.diagnostics import (
     underdispersion,
 )
 
-__all__ = ["Report", "compare", "components"]
+__all__ = ["Report", "compare", "components", "recommend"]
 
 #: Mean errors beyond this many reference sds are flagged.
 MEAN_ERROR_FLAG = 0.5
@@ -211,12 +211,13 @@ class Report:
             lo, hi = np.percentile(losses, [1, 99])
             ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
         ax.set_xlabel("step")
-        ax.set_title("VI loss (-ELBO)", fontsize=9)
+        ax.set_title("VI loss (negative bound)", fontsize=9)
         # k-hat panel
         ax = fig.add_subplot(grid[nrow_marg:, 3])
         color = "C2" if self.khat < KHAT_GOOD else ("C1" if self.khat < KHAT_BAD else "C3")
         ax.bar([0], [min(self.khat, 1.5)], color=color, width=0.5)
-        for t, lab in ((KHAT_GOOD, "0.5 good"), (KHAT_BAD, "0.7 unreliable")):
+        ax.set_xlim(-0.5, 1.0)
+        for t, lab in ((KHAT_GOOD, "0.5: good below"), (KHAT_BAD, "0.7: unreliable above")):
             ax.axhline(t, color="0.4", ls="--", lw=0.8)
             ax.text(0.3, t + 0.02, lab, fontsize=7)
         ax.set_ylim(0, max(1.2, min(self.khat, 1.5) + 0.1))
@@ -339,3 +340,46 @@ def _mcse_sd(draws: np.ndarray, reference) -> float:
         ess = float(_arviz().ess(np.asarray(draws).reshape(chains, -1), method="bulk"))
         n = max(ess, 1.0)
     return 1.0 / math.sqrt(n)
+
+
+#: What :func:`recommend` calls accurate enough (in reference sds / as ratios).
+ACCURATE_ERROR, ACCURATE_SD_RATIO = 0.2, (0.8, 1.25)
+
+
+def recommend(reports: dict) -> str:
+    """A recommendation derived from several :class:`Report` objects against one reference.
+
+    A method is *accurate* when every mean is within 0.2 reference sd, the median sd ratio is
+    within [0.8, 1.25] and PSIS k-hat is below 0.7. The fastest accurate method is
+    recommended; when none is accurate, the reference sampler is, with the best VI figures
+    quoted so the reader sees how far off VI was.
+    """
+    if not reports:
+        raise ValueError("recommend needs at least one Report")
+    lo, hi = ACCURATE_SD_RATIO
+
+    def accurate(r: Report) -> bool:
+        ratio = float(r.table["sd_ratio"].median())
+        return r.max_mean_error <= ACCURATE_ERROR and lo <= ratio <= hi and r.khat < KHAT_BAD
+
+    good = {k: r for k, r in reports.items() if accurate(r)}
+    if good:
+        label, best = min(good.items(), key=lambda kv: kv[1].vi_time or float("inf"))
+        speed = f", {best.speedup:.1f}x the reference's speed" if best.speedup else ""
+        others = sorted(set(good) - {label})
+        also = f" Also accurate: {', '.join(others)}." if others else ""
+        return (
+            f"Use {label}: every mean within {best.max_mean_error:.2f} reference sd, median sd "
+            f"ratio {float(best.table['sd_ratio'].median()):.2f}, k-hat {best.khat:.2f}"
+            f"{speed}; it is the fastest method that meets all three accuracy checks (means "
+            f"within {ACCURATE_ERROR} sd, sd ratio in [{lo}, {hi}], k-hat < {KHAT_BAD}).{also}"
+        )
+    label, best = min(reports.items(), key=lambda kv: kv[1].max_mean_error)
+    ref = best.ref_label
+    return (
+        f"Use {ref}: no VI method passed the accuracy checks (means within {ACCURATE_ERROR} sd, "
+        f"sd ratio in [{lo}, {hi}], k-hat < {KHAT_BAD}). The closest, {label}, is off by up to "
+        f"{best.max_mean_error:.2f} sd with median sd ratio "
+        f"{float(best.table['sd_ratio'].median()):.2f} and k-hat {best.khat:.2f}. "
+        + ("Its flags: " + "; ".join(best.flags[:3]) + "." if best.flags else "")
+    )

@@ -136,9 +136,10 @@ def posterior_predictive(
     info = info or model_info(model, tuple(args), kwargs)
     latent = {k: v for k, v in samples.items() if k in info.latent}
     with seeded(seed), full_plates(info), torch.no_grad():
-        out = Predictive(model, posterior_samples=latent, return_sites=list(info.observed))(
-            *args, **kwargs
-        )
+        # uncondition: observed sites draw new values instead of returning the data
+        out = Predictive(
+            poutine.uncondition(model), posterior_samples=latent, return_sites=list(info.observed)
+        )(*args, **kwargs)
     return {k: v.detach() for k, v in out.items()}
 
 
@@ -241,7 +242,7 @@ def loo(result, num_samples: int = 1000, seed: int | None = 0):
     )
 
 
-def add_posterior_predictive(idata, result, num_samples: int | None = None, seed: int | None = 0):
+def add_posterior_predictive(idata, result, seed: int | None = 0):
     """Add a ``posterior_predictive`` group (and ``log_likelihood``) to an InferenceData.
 
     ``result`` is the VI or NUTS result the InferenceData came from; its posterior draws in

@@ -82,6 +82,31 @@ def read(path: str | os.PathLike, kind: str) -> dict:
     return payload
 
 
+def saved_data(payload: dict, path, model_args: tuple, model_kwargs: dict, reader: str):
+    """The model data to use when loading ``payload``: the arguments given, else the saved ones.
+
+    Raises ``ValueError`` naming ``reader`` (the loading call) when neither is available.
+    """
+    if model_args or model_kwargs:
+        return tuple(model_args), dict(model_kwargs)
+    if payload["args"] is None:
+        raise ValueError(
+            f"'{path}' does not contain the model's data (they were not plain tensors or "
+            f"numbers); pass them: {reader}(path, model, *args, **kwargs)"
+        )
+    return tuple(payload["args"]), dict(payload["kwargs"])
+
+
+def check_model(payload: dict, path, info, what: str) -> None:
+    """Raise :class:`CheckpointError` when ``info`` (the model given) differs from the saved one."""
+    mismatch = describe_mismatch(payload["model"], info.fingerprint())
+    if mismatch:
+        raise CheckpointError(
+            f"'{path}' was saved for model {payload['model']['name']} and does not fit the model "
+            f"given ({info.name}): {mismatch}. Load it with the model it was {what}."
+        )
+
+
 def restore_params(saved: dict, device, source: str) -> None:
     """Copy saved unconstrained parameter values into the active Pyro parameter store.
 

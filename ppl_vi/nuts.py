@@ -271,19 +271,17 @@ class NUTSResult:
             "acceptance_rate": np.repeat(self.accept_rate[:, None], n_draw, axis=1),
         }
         observed = {k: v.detach().cpu().numpy() for k, v in self.info.observed.items()}
-        predictive = None
-        if posterior_predictive and observed:
-            from ppl_vi.diagnostics import posterior_predictive as _ppc
-
-            draws = _ppc(self.model, self.samples, self.model_args, self.model_kwargs, seed=seed)
-            predictive = {k: v.reshape((n_chain, n_draw) + v.shape[1:]) for k, v in draws.items()}
-        return az.from_dict(
+        idata = az.from_dict(
             posterior=posterior,
             sample_stats=stats,
             observed_data=observed or None,
-            posterior_predictive=predictive,
             attrs={"inference_library": "ppl_vi", "method": "NUTS (pyro.infer.MCMC)"},
         )
+        if posterior_predictive and observed:
+            from ppl_vi.diagnostics import add_posterior_predictive
+
+            add_posterior_predictive(idata, self, seed=seed)
+        return idata
 
     def summary(self):
         """ArviZ summary: mean, sd, HDI, MCSE, ``ess_bulk``, ``ess_tail`` and ``r_hat``."""
@@ -317,20 +315,11 @@ def load_nuts(path: str | os.PathLike, model: Callable, *model_args, **model_kwa
     saved for another model raises :class:`~ppl_vi.io.CheckpointError`.
     """
     payload = io.read(path, "nuts")
-    if not model_args and not model_kwargs:
-        if payload["args"] is None:
-            raise ValueError(
-                f"'{path}' does not contain the model's data; pass them: "
-                "ppl_vi.load_nuts(path, model, *args, **kwargs)"
-            )
-        model_args, model_kwargs = tuple(payload["args"]), dict(payload["kwargs"])
-    info = model_info(model, tuple(model_args), dict(model_kwargs))
-    mismatch = io.describe_mismatch(payload["model"], info.fingerprint())
-    if mismatch:
-        raise io.CheckpointError(
-            f"'{path}' was saved for model {payload['model']['name']} and does not fit the model "
-            f"given ({info.name}): {mismatch}. Load it with the model it was sampled from."
-        )
+    model_args, model_kwargs = io.saved_data(
+        payload, path, model_args, model_kwargs, "ppl_vi.load_nuts"
+    )
+    info = model_info(model, model_args, model_kwargs)
+    io.check_model(payload, path, info, "sampled from")
     return NUTSResult(
         model=model,
         model_args=model_args,

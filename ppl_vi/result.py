@@ -198,10 +198,14 @@ class VIResult:
         return samples, torch.cat(log_p), torch.cat(log_q)
 
     # ------------------------------------------------------------------ diagnostics
-    def to_inference_data(self, num_samples: int = 1000, seed: int | None = None):
+    def to_inference_data(
+        self, num_samples: int = 1000, seed: int | None = None, posterior_predictive: bool = False
+    ):
         """An :class:`arviz.InferenceData` with groups ``posterior`` (one chain),
         ``sample_stats`` (``log_p``, ``log_q`` per draw and the ``loss`` history over a ``step``
-        dimension) and ``observed_data``."""
+        dimension) and ``observed_data``; with ``posterior_predictive=True`` also replicated
+        observations and pointwise log-likelihoods at the same draws
+        (:func:`ppl_vi.diagnostics.add_posterior_predictive`)."""
         az = _arviz()
         samples, log_p, log_q = self._draws(num_samples, seed)
         posterior = {k: v.detach().cpu().numpy()[None] for k, v in samples.items()}
@@ -217,6 +221,10 @@ class VIResult:
             attrs={"inference_library": "ppl_vi", "guide": str(self.guide_spec.get("class"))},
         )
         idata.sample_stats["loss"] = ("step", self.losses)
+        if posterior_predictive and observed:
+            from ppl_vi.diagnostics import add_posterior_predictive
+
+            add_posterior_predictive(idata, self, seed=seed)
         return idata
 
     def summary(self, num_samples: int = 4000, seed: int | None = None):
@@ -284,8 +292,9 @@ class VIResult:
         io.atomic_save(payload, path)
 
 
-def load(path: str | os.PathLike, model: Callable, *model_args, guide=None, device="auto",
-         **model_kwargs) -> VIResult:
+def load(
+    path: str | os.PathLike, model: Callable, *model_args, guide=None, device="auto", **model_kwargs
+) -> VIResult:
     """Load a result saved with :meth:`VIResult.save` for ``model``.
 
     The model's data are restored from the file when they were saved; otherwise pass them as
@@ -297,23 +306,12 @@ def load(path: str | os.PathLike, model: Callable, *model_args, guide=None, devi
 
     payload = io.read(path, "result")
     dev = resolve_device(device)
-    if not model_args and not model_kwargs:
-        if payload["args"] is None:
-            raise ValueError(
-                f"'{path}' does not contain the model's data (they were not plain tensors or "
-                "numbers); pass them: ppl_vi.load(path, model, *args, **kwargs)"
-            )
-        model_args, model_kwargs = tuple(payload["args"]), dict(payload["kwargs"])
+    model_args, model_kwargs = io.saved_data(payload, path, model_args, model_kwargs, "ppl_vi.load")
     args = move_to_device(tuple(model_args), dev)
     kwargs = move_to_device(dict(model_kwargs), dev)
     with device_context(dev):
         info = model_info(model, args, kwargs)
-    mismatch = io.describe_mismatch(payload["model"], info.fingerprint())
-    if mismatch:
-        raise io.CheckpointError(
-            f"'{path}' was saved for model {payload['model']['name']} and does not fit the model "
-            f"given ({info.name}): {mismatch}. Load it with the model it was fitted to."
-        )
+    io.check_model(payload, path, info, "fitted to")
     if payload["model"]["name"] != info.name:
         warnings.warn(
             f"'{path}' was saved for {payload['model']['name']}; loading it into {info.name}, "

@@ -92,3 +92,49 @@ def test_khat_verdicts():
     assert "trusted" in diagnostics.khat_verdict(0.2)
     assert "with care" in diagnostics.khat_verdict(0.6)
     assert "do not trust" in diagnostics.khat_verdict(0.9)
+
+
+@pytest.mark.parametrize("method", ["vi", "nuts"])
+def test_posterior_predictive_matches_closed_form(method, float64):
+    # normal_normal: x_rep | data ~ N(m, s^2 + 1) with (m, s) the exact posterior of mu.
+    data = nn_model.load_data()
+    if method == "vi":
+        result = ppl_vi.fit(nn_model.model, **data, progress=False, seed=0)
+        idata = result.to_inference_data(2000, seed=1, posterior_predictive=True)
+    else:
+        result = ppl_vi.run_nuts(
+            nn_model.model, **data, num_warmup=200, num_samples=1000, progress=False
+        )
+        idata = result.to_inference_data(posterior_predictive=True)
+    rep = idata.posterior_predictive["x"].values  # (chain, draw, N)
+    assert rep.shape[-1] == data["x"].shape[-1]
+    assert idata.log_likelihood["x"].shape == rep.shape
+    post = nn_model.exact_posterior(**data)["mu"]
+    var = post.scale.item() ** 2 + 1.0
+    # one replicated datum per draw: its mean and variance against the closed form
+    first = rep[..., 0].ravel()
+    se = math.sqrt(var / len(first)) * 2  # draws of NUTS are correlated: ESS >= n / 4
+    assert abs(first.mean() - post.loc.item()) < 4 * se
+    assert abs(first.var() / var - 1) < 0.2
+
+
+def _report(error, ratio, khat, seconds, label):
+    import pandas as pd
+
+    table = pd.DataFrame({"mean_error": [error], "sd_ratio": [ratio]}, index=["a"])
+    return ppl_vi.Report(table=table, khat=khat, elbo=0.0, elbo_se=0.0, vi_time=seconds,
+                         ref_time=10.0, ref_label="NUTS", vi_label=label)
+
+
+def test_recommend_picks_the_fastest_accurate_method_or_the_reference():
+    from ppl_vi.compare import recommend
+
+    reports = {
+        "slow good": _report(0.05, 1.0, 0.3, 5.0, "slow good"),
+        "fast good": _report(0.15, 0.9, 0.6, 1.0, "fast good"),
+        "fast bad": _report(0.9, 0.5, 0.9, 0.5, "fast bad"),
+    }
+    text = recommend(reports)
+    assert text.startswith("Use fast good:") and "Also accurate: slow good" in text
+    text = recommend({"fast bad": reports["fast bad"]})
+    assert text.startswith("Use NUTS:") and "fast bad" in text

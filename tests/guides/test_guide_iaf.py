@@ -112,21 +112,54 @@ def test_closes_the_mean_field_gap_on_correlated_gaussian():
 
 
 def test_higher_elbo_than_mean_field_on_banana():
-    # The curved ridge costs mean field 1.3 nats at its optimum; the flow follows it. (PSIS
-    # k-hat does not separate the two here: with 50,000 draws both measure about 0.85, because
-    # the reverse-KL flow fit also trims the banana's tips; see the closing note of the guides.)
+    # The curved ridge costs mean field 1.3 nats at its optimum; the flow follows it. (At this
+    # default size PSIS k-hat does not separate the two: both measure about 0.85 with 50,000
+    # draws; the larger flow of the slow test below does.)
     data = banana.load_data()
     elbo = {}
     for name, guide in (("iaf", IAF), ("mean_field", MeanField)):
         pyro.set_rng_seed(0)
         result = ppl_vi.fit(
-            banana.model, **data, guide=guide, guide_kwargs={"init_scale": 1.0},
-            num_steps=2000, lr=0.05, progress=False,
+            banana.model,
+            **data,
+            guide=guide,
+            guide_kwargs={"init_scale": 1.0},
+            num_steps=2000,
+            lr=0.05,
+            progress=False,
         )
         elbo[name] = elbo_estimate(result)
     (iaf, iaf_se), (mf, mf_se) = elbo["iaf"], elbo["mean_field"]
     assert iaf - mf > 0.2 + 4 * math.hypot(iaf_se, mf_se), elbo
     assert iaf < 4 * iaf_se  # log Z = 0: the ELBO is a lower bound
+
+
+@pytest.mark.slow
+def test_lower_pareto_khat_than_mean_field_on_banana():
+    """A flow with room (4 steps of [64, 64] MADEs, 8000 steps, 8 particles) follows the
+    banana closely enough for PSIS: measured k-hat 0.55 and 0.62 (seeds 0, 1; 50,000 draws, so
+    the estimate's own noise is small) against mean field's 0.71-0.90 at its optimum. With the
+    default size (two [6, 6] networks) both stay near 0.85. About 2 minutes."""
+    data = banana.load_data()
+    khat = {}
+    for name, guide, kwargs in (
+        (
+            "iaf",
+            IAF,
+            dict(
+                num_steps=8000,
+                lr=0.005,
+                num_particles=8,
+                guide_kwargs={"init_scale": 1.0, "num_flows": 4, "hidden_dims": [64, 64]},
+            ),
+        ),
+        ("mean_field", MeanField, dict(num_steps=3000, lr=0.05, guide_kwargs={"init_scale": 1.0})),
+    ):
+        pyro.set_rng_seed(0)
+        result = ppl_vi.fit(banana.model, **data, guide=guide, progress=False, **kwargs)
+        khat[name] = result.psis_khat(50_000, seed=0)
+    assert khat["iaf"] < khat["mean_field"], khat
+    assert khat["iaf"] < 0.7, khat
 
 
 def test_argument_errors():
