@@ -9,7 +9,7 @@ torch.Size([100])
 """
 
 from ppl_vi import diagnostics, elbos, guides, models
-from ppl_vi.compare import Report, compare
+from ppl_vi.compare import Report, compare, recommend
 from ppl_vi.fit import Convergence, FitState, NonFiniteLossError, Polish, fit
 from ppl_vi.io import CheckpointError
 from ppl_vi.nuts import NUTSResult, load_nuts, run_nuts
@@ -34,5 +34,6 @@ __all__ = [
     "load",
     "load_nuts",
     "models",
+    "recommend",
     "run_nuts",
 ]

@@ -51,22 +51,22 @@ def khat_verdict(khat: float) -> str:
     """A plain-language reading of a PSIS Pareto k-hat (Yao et al., 2018).
 
     >>> khat_verdict(0.3)
-    'k-hat 0.30 < 0.5: the approximation is close to the posterior; estimates can be trusted'
+    'k-hat 0.3 < 0.5: the approximation is close to the posterior; estimates can be trusted'
     """
-    if not np.isfinite(khat):
+    if np.isnan(khat) or khat == np.inf:
         return f"k-hat {khat}: could not be estimated (non-finite importance weights)"
     if khat < KHAT_GOOD:
         return (
-            f"k-hat {khat:.2f} < {KHAT_GOOD}: the approximation is close to the posterior; "
+            f"k-hat {khat:.3g} < {KHAT_GOOD}: the approximation is close to the posterior; "
             "estimates can be trusted"
         )
     if khat < KHAT_BAD:
         return (
-            f"k-hat {khat:.2f} in [{KHAT_GOOD}, {KHAT_BAD}): usable with care; PSIS-corrected "
+            f"k-hat {khat:.3f} in [{KHAT_GOOD}, {KHAT_BAD}): usable with care; PSIS-corrected "
             "estimates (psis_resample) are more reliable than the raw draws"
         )
     return (
-        f"k-hat {khat:.2f} >= {KHAT_BAD}: the approximation is far from the posterior in its "
+        f"k-hat {khat:.3f} >= {KHAT_BAD}: the approximation is far from the posterior in its "
         "tails; do not trust its means and variances, and compare with NUTS"
     )
 
@@ -82,10 +82,13 @@ def psis(log_weights) -> tuple[np.ndarray, float]:
     Returns
     -------
     (numpy.ndarray, float)
-        Normalised smoothed log weights (logsumexp 0) and the Pareto k-hat.
+        Normalised smoothed log weights (logsumexp 0) and the Pareto k-hat (``-inf`` when all
+        weights are equal, i.e. the proposal is the target).
     """
     az = _arviz()
     lw = np.asarray(log_weights, dtype=np.float64)
+    if np.isfinite(lw).all() and np.ptp(lw) == 0:  # q = p: every weight equal, no tail at all
+        return np.full_like(lw, -np.log(len(lw))), float("-inf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         smoothed, khat = az.psislw(lw.copy(), reff=1.0)

@@ -51,3 +51,9 @@ def test_vi_result_khat_uses_the_same_estimator():
     fit = ppl_vi.fit(nn_model.model, **nn_model.load_data(), num_steps=200, progress=False)
     log_p, log_q = fit.log_weights(2000, seed=3)
     assert fit.psis_khat(2000, seed=3) == diagnostics.psis((log_p - log_q).double().numpy())[1]
+
+
+def test_equal_weights_mean_a_perfect_proposal():
+    lw, khat = diagnostics.psis(np.full(1000, -3.0))
+    assert khat == -np.inf and np.allclose(np.exp(lw).sum(), 1.0)
+    assert "trusted" in diagnostics.khat_verdict(khat)
