@@ -107,15 +107,18 @@ def run_nuts(post, seed: int, budget_left: float, warmup: int, draws: int) -> di
     if budget_left <= 0:
         return {"method": "nuts", "skipped": "time budget spent (run again to fill the cache)"}
     init = {k: torch.as_tensor(v) for k, v in post.init_values().items()}
-    nuts = ppl_vi.run_nuts(
-        post.model,
-        **post.data,
-        num_warmup=warmup,
-        num_samples=draws,
-        init_values=init,
-        progress=False,
-        seed=seed,
-    )
+    try:
+        nuts = ppl_vi.run_nuts(
+            post.model,
+            **post.data,
+            num_warmup=warmup,
+            num_samples=draws,
+            init_values=init,
+            progress=False,
+            seed=seed,
+        )
+    except Exception as err:  # reported in the table, not fatal
+        return {"method": "nuts", "error": f"{type(err).__name__}: {str(err)[:200]}"}
     samples = {k: v.numpy() for k, v in nuts.samples.items()}
     row = {
         "method": "nuts",
@@ -209,19 +212,24 @@ def main(argv=None):
         rows.append(row)
         print(name, json.dumps(row), flush=True)
         results[name] = rows
+        write(results, args, folder, time.perf_counter() - start)
+    print(markdown(results, args.threads, args.steps, args.warmup, args.draws))
+
+
+def write(results: dict, args, folder: Path, elapsed: float) -> None:
+    """Write the JSON and the Markdown table (after every posterior, so a stop loses little)."""
     RESULTS.mkdir(exist_ok=True)
     meta = {
         "threads": args.threads,
         "steps": args.steps,
         "reference_dir": str(folder),
-        "total_wall_time_s": time.perf_counter() - start,
+        "total_wall_time_s": elapsed,
     }
     (RESULTS / "reference_posteriors.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=1)
     )
     table = markdown(results, args.threads, args.steps, args.warmup, args.draws)
     (RESULTS / "reference_posteriors.md").write_text(table)
-    print(table)
 
 
 if __name__ == "__main__":

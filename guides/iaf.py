@@ -8,9 +8,10 @@ import warnings
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import AffineAutoregressive, ComposeTransformModule, Permute
 from pyro.infer.autoguide import AutoContinuous
-from pyro.nn import AutoRegressiveNN, PyroParam
+from pyro.nn import AutoRegressiveNN
 
 from ._base import init_config, init_kwargs
 
@@ -50,8 +51,10 @@ class IAF(AutoContinuous):
     :math:`\mu, \sigma` start at ``init_loc_fn`` and ``init_scale``. Kingma et al. put the
     diagonal affine map first (their :math:`z_0 = \mu_0 + \sigma_0 \odot \epsilon`); here it
     comes last, so the networks work on standardised coordinates whatever the posterior's
-    scale: on the banana target (scales 10 and 14) this raised the ELBO from -0.85 to -0.0x
-    nats and brought PSIS k-hat from about 0.85 to below 0.5.
+    scale: on the banana target (scales 10 and 14; two [32, 32] networks, 2000 steps, four
+    seeds) it raised the ELBO from about -0.91 to -0.69 nats. :math:`\mu` and
+    :math:`\sigma = \operatorname{softplus}(\rho)` are the parameters of the last part of the
+    transform, a :class:`DiagonalAffine`.
 
     The last layer of every network starts at zero, so each step starts as the constant
     contraction :math:`\epsilon_k = \operatorname{sigmoid}(2)\,\epsilon_{k-1}`; :math:`\sigma`
@@ -152,20 +155,16 @@ class IAF(AutoContinuous):
         self.transform = iaf_transform(dim, self.num_flows, hidden, self.permute).to(init_loc)
         # Divide out the K contractions so that the untrained guide is exactly N(init_loc, s0^2).
         shrink = 1.0 / initial_contraction(self.num_flows)
-        self.loc = PyroParam(init_loc.clone(), constraints.real, event_dim=1)
-        self.scale = PyroParam(
-            torch.full_like(init_loc, self._init_scale * shrink),
-            constraints.softplus_positive,
-            event_dim=1,
-        )
+        affine = DiagonalAffine(init_loc, torch.full_like(init_loc, self._init_scale * shrink))
+        self.transform = ComposeTransformModule(list(self.transform.parts) + [affine])
+        self.transform.affine = affine
 
     def get_base_dist(self):
-        zero = torch.zeros_like(self.loc)
+        zero = torch.zeros_like(self.transform.affine.loc)
         return dist.Normal(zero, torch.ones_like(zero)).to_event(1)
 
     def get_transform(self, *args, **kwargs):
-        affine = dist.transforms.AffineTransform(self.loc, self.scale, event_dim=1)
-        return dist.transforms.ComposeTransform([self.transform, affine])
+        return self.transform
 
     def get_posterior(self, *args, **kwargs):
         """The joint unconstrained posterior, a ``TransformedDistribution`` of event shape (D,)."""
@@ -200,6 +199,39 @@ def iaf_transform(
         torch.nn.init.zeros_(arn.layers[-1].bias)
         parts.append(AffineAutoregressive(arn, sigmoid_bias=SIGMOID_BIAS, stable=True))
     return ComposeTransformModule(parts)
+
+
+class DiagonalAffine(TransformModule):
+    """``x -> loc + scale * x`` with learnable ``loc`` and ``scale = softplus(raw_scale)``.
+
+    The last part of the IAF stack (as a module of the same ``ComposeTransformModule``, so one
+    cached transform serves sampling and the log density).
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    sign = +1
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        super().__init__(cache_size=1)
+        self.loc = torch.nn.Parameter(loc.detach().clone())
+        self.raw_scale = torch.nn.Parameter(
+            scale.detach() + torch.log(-torch.expm1(-scale.detach()))
+        )
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.raw_scale)
+
+    def _call(self, x):
+        return self.loc + self.scale * x
+
+    def _inverse(self, y):
+        return (y - self.loc) / self.scale
+
+    def log_abs_det_jacobian(self, x, y):
+        return torch.log(self.scale).sum(-1).expand(x.shape[:-1])
 
 
 def initial_contraction(num_flows: int) -> float:

@@ -122,28 +122,52 @@ def psis_resample(
 
 
 # ------------------------------------------------------------------- predictive and LOO
+def traces_per_draw(
+    model, samples: dict, args=(), kwargs=None, info=None, uncondition: bool = False
+):
+    """Run the model once per posterior draw, latent sites fixed to the draw; yield the traces.
+
+    Runs one draw at a time (no batch semantics needed, and priors that cannot be sampled,
+    such as ``ImproperUniform``, are never sampled). With ``uncondition=True`` the observed
+    sites draw new values (posterior predictive) instead of returning the data.
+    """
+    from ppl_vi.infer_util import full_plates, model_info
+
+    kwargs = dict(kwargs or {})
+    info = info or model_info(model, tuple(args), kwargs)
+    fn = poutine.uncondition(model) if uncondition else model
+    num = len(next(iter(samples.values())))
+    with full_plates(info), torch.no_grad():
+        for s in range(num):
+            values = {k: v[s] for k, v in samples.items() if k in info.latent}
+            yield poutine.trace(poutine.condition(fn, data=values)).get_trace(*args, **kwargs)
+
+
+def site_draws(
+    model, samples: dict, sites, args=(), kwargs=None, info=None, uncondition: bool = False
+) -> dict:
+    """Values of ``sites`` (deterministic or observed) at each draw: name -> ``(S, *shape)``."""
+    out = {name: [] for name in sites}
+    for trace in traces_per_draw(model, samples, args, kwargs, info, uncondition):
+        for name in sites:
+            out[name].append(trace.nodes[name]["value"].detach())
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
 def posterior_predictive(
     model, samples: dict, args=(), kwargs=None, seed: int | None = 0, info=None
 ) -> dict:
     """Replicated observations: the model's observed sites drawn at each posterior draw.
 
-    Uses :class:`pyro.infer.Predictive` (one model run per draw, so models need no batch
-    semantics). Returns observed site name -> tensor ``(S, *obs_shape)``.
+    Returns observed site name -> tensor ``(S, *obs_shape)``.
     """
-    from pyro.infer import Predictive
-
-    from ppl_vi.infer_util import full_plates, model_info
+    from ppl_vi.infer_util import model_info
     from ppl_vi.result import seeded
 
     kwargs = dict(kwargs or {})
     info = info or model_info(model, tuple(args), kwargs)
-    latent = {k: v for k, v in samples.items() if k in info.latent}
-    with seeded(seed), full_plates(info), torch.no_grad():
-        # uncondition: observed sites draw new values instead of returning the data
-        out = Predictive(
-            poutine.uncondition(model), posterior_samples=latent, return_sites=list(info.observed)
-        )(*args, **kwargs)
-    return {k: v.detach() for k, v in out.items()}
+    with seeded(seed):
+        return site_draws(model, samples, list(info.observed), args, kwargs, info, uncondition=True)
 
 
 def pointwise_log_likelihood(model, samples: dict, args=(), kwargs=None, info=None) -> dict:
@@ -152,19 +176,15 @@ def pointwise_log_likelihood(model, samples: dict, args=(), kwargs=None, info=No
     Returns observed site name -> array ``(S, *site_batch_shape)`` (the batch dims are the
     site's plates, so each entry is one conditionally independent observation).
     """
-    from ppl_vi.infer_util import full_plates, model_info
+    from ppl_vi.infer_util import model_info
 
     kwargs = dict(kwargs or {})
     info = info or model_info(model, tuple(args), kwargs)
-    num = len(next(iter(samples.values())))
     out = {name: [] for name in info.observed}
-    with full_plates(info), torch.no_grad():
-        for s in range(num):
-            values = {k: v[s] for k, v in samples.items() if k in info.latent}
-            trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-            for name in info.observed:
-                site = trace.nodes[name]
-                out[name].append(site["fn"].log_prob(site["value"]).detach().cpu().numpy())
+    for trace in traces_per_draw(model, samples, args, kwargs, info):
+        for name in info.observed:
+            site = trace.nodes[name]
+            out[name].append(site["fn"].log_prob(site["value"]).detach().cpu().numpy())
     return {k: np.stack(v) for k, v in out.items()}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from pyro.infer import MCMC, NUTS, Predictive
+from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 
 from ppl_vi import io
@@ -150,16 +150,13 @@ def run_nuts(
     grouped = mcmc.get_samples(group_by_chain=True)  # (chain, draw, ...)
     chains = {k: v.detach() for k, v in grouped.items()}
     if info.deterministic:
+        from ppl_vi.diagnostics import site_draws
+
         flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in chains.items()}
-        with seeded(seed), device_context(dev), torch.no_grad():
-            extra = Predictive(
-                model,
-                posterior_samples=flat,
-                return_sites=list(info.deterministic),
-                parallel=False,
-            )(*args, **kwargs)
+        with device_context(dev):
+            extra = site_draws(model, flat, list(info.deterministic), args, kwargs, info)
         for name, value in extra.items():
-            chains[name] = value.reshape((num_chains, num_samples) + value.shape[1:]).detach()
+            chains[name] = value.reshape((num_chains, num_samples) + value.shape[1:])
     diverging = np.zeros((num_chains, num_samples), dtype=bool)
     step_size = np.full(num_chains, np.nan)
     accept = np.full(num_chains, np.nan)
