@@ -129,18 +129,24 @@ def main(argv=None):
         name: gradient_variance(name, data)
         for name in ("rb_score_k8", "pyro_tracegraph_k8_score", "pyro_tracegraph_k8")
     }
-    print(f"torch threads: {torch.get_num_threads()}; {args.repeats} interleaved repeats of "
-          f"{args.steps} steps; eight_schools, MeanField")
+    print(
+        f"torch threads: {torch.get_num_threads()}; {args.repeats} interleaved repeats of "
+        f"{args.steps} steps; eight_schools, MeanField"
+    )
     for name, t in times.items():
         print(f"  {name:22s} {ms[name]:8.3f} ms/step (range {min(t) * 1e3:.3f}-{max(t) * 1e3:.3f})")
     for name, r in ratios.items():
         print(f"  {name:42s} {r['median']:.2f} (range {r['min']:.2f}-{r['max']:.2f})")
     for name, v in variance.items():
         print(f"  gradient variance {name:20s} {v:.4g}")
-    print(f"  variance ratio tracegraph (score function) / rb_score: "
-          f"{variance['pyro_tracegraph_k8_score'] / variance['rb_score_k8']:.1f}")
-    print("  (pyro_tracegraph_k8 uses pathwise gradients on this reparameterizable guide;\n"
-          "   the _score rows force score functions on the same guide, as rb_score does)")
+    print(
+        f"  variance ratio tracegraph (score function) / rb_score: "
+        f"{variance['pyro_tracegraph_k8_score'] / variance['rb_score_k8']:.1f}"
+    )
+    print(
+        "  (pyro_tracegraph_k8 uses pathwise gradients on this reparameterizable guide;\n"
+        "   the _score rows force score functions on the same guide, as rb_score does)"
+    )
     RESULTS.mkdir(exist_ok=True)
     report = {
         "torch_threads": torch.get_num_threads(),

@@ -51,8 +51,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}; {args.repeats} interleaved repeats of "
-          f"{args.steps} steps; CPU time per step")
+    print(
+        f"torch threads: {torch.get_num_threads()}; {args.repeats} interleaved repeats of "
+        f"{args.steps} steps; CPU time per step"
+    )
     report = {"torch_threads": torch.get_num_threads(), "steps": args.steps, "models": {}}
     for module in (eight_schools, logistic_regression):
         name = module.__name__.rsplit(".", 1)[-1]
@@ -76,11 +78,15 @@ def main(argv=None):
         report["models"][name] = row
         print(f"{name} (latent dim {dim}):")
         for g in guides:
-            print(f"  {g:14s} {row[g]['ms_per_step']:7.3f} ms/step  {row[g]['steps_per_s']:7.1f} "
-                  f"steps/s  time vs mean_field {row[g]['vs_mean_field']:.2f}")
+            print(
+                f"  {g:14s} {row[g]['ms_per_step']:7.3f} ms/step  {row[g]['steps_per_s']:7.1f} "
+                f"steps/s  time vs mean_field {row[g]['vs_mean_field']:.2f}"
+            )
         r = row["iaf_vs_pyro_auto_iaf"]
-        print(f"  IAF / AutoIAFNormal: {r['median']:.2f} (range {r['min']:.2f}-{r['max']:.2f}); "
-              "target <= 1.1")
+        print(
+            f"  IAF / AutoIAFNormal: {r['median']:.2f} (range {r['min']:.2f}-{r['max']:.2f}); "
+            "target <= 1.1"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guides.json").write_text(json.dumps(report, indent=2) + "\n")
 

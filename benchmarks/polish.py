@@ -90,7 +90,11 @@ def main(argv=None):
             for variant, polish in VARIANTS.items():  # interleaved over seeds
                 start = time.perf_counter()
                 result = ppl_vi.fit(
-                    module.model, **data, polish=polish, convergence=None, progress=False,
+                    module.model,
+                    **data,
+                    polish=polish,
+                    convergence=None,
+                    progress=False,
                     seed=seed,
                 )
                 seconds[variant].append(time.perf_counter() - start)

@@ -83,8 +83,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = {"torch_threads": torch.get_num_threads(), **vars(args), "estimators": {}}
-    print(f"torch threads: {torch.get_num_threads()}; {args.steps} training steps, batch "
-          f"{args.batch}, {args.particles} particles")
+    print(
+        f"torch threads: {torch.get_num_threads()}; {args.steps} training steps, batch "
+        f"{args.batch}, {args.particles} particles"
+    )
     for name, flags in ESTIMATORS.items():
         start = time.perf_counter()
         result = train(flags, args.steps, args.batch, args.particles, args.seed)
@@ -96,8 +98,10 @@ def main(argv=None):
             "final_train_loss_per_image": train_loss,
             "train_seconds": seconds,
         }
-        print(f"  {name:10s} held-out ELBO {value:.3f} nats/image, final training loss "
-              f"{train_loss:.3f} nats/image, {seconds:.0f} s")
+        print(
+            f"  {name:10s} held-out ELBO {value:.3f} nats/image, final training loss "
+            f"{train_loss:.3f} nats/image, {seconds:.0f} s"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sbn.json").write_text(json.dumps(report, indent=2) + "\n")
 

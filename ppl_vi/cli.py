@@ -93,19 +93,6 @@ def cmd_fit(args) -> int:
     return 0
 
 
-#: The demo's VI methods: label -> (guide, ELBO, ELBO options, compare PSIS-resampled draws).
-DEMO_METHODS = {
-    "mean-field + ELBO": ("mean_field", "elbo", {}, False),
-    "IAF + ELBO": ("iaf", "elbo", {}, False),
-    "mean-field + IWAE (K=8, DReG), PSIS-resampled": (
-        "mean_field",
-        "iwae",
-        {"num_particles": 8, "gradient": "dreg"},
-        True,
-    ),
-}
-
-
 def demo(
     out: Path,
     num_steps: int = 3000,
@@ -116,7 +103,7 @@ def demo(
     """Fit eight schools with three VI methods, run NUTS, and write a comparison report."""
     import warnings
 
-    from ppl_vi.compare import compare
+    from ppl_vi.compare import STANDARD_METHODS, compare
     from ppl_vi.models import eight_schools
     from ppl_vi.nuts import run_nuts
 
@@ -133,7 +120,7 @@ def demo(
     )
     nuts.save(out / "nuts.pt")
     rows, sections = [], []
-    for k, (label, (guide, elbo, elbo_kwargs, resample)) in enumerate(DEMO_METHODS.items()):
+    for k, (label, (guide, elbo, elbo_kwargs, resample)) in enumerate(STANDARD_METHODS.items()):
         result = fit(
             eight_schools.model,
             **data,

@@ -22,6 +22,19 @@ from ppl_vi.diagnostics import (
 
 __all__ = ["Report", "compare", "components", "recommend"]
 
+#: The VI methods the demo, model reports and benchmarks compare with NUTS:
+#: label -> (guide, ELBO, ELBO options, compare PSIS-resampled draws).
+STANDARD_METHODS = {
+    "mean-field + ELBO": ("mean_field", "elbo", {}, False),
+    "IAF + ELBO": ("iaf", "elbo", {}, False),
+    "mean-field + IWAE (K=8, DReG), PSIS-resampled": (
+        "mean_field",
+        "iwae",
+        {"num_particles": 8, "gradient": "dreg"},
+        True,
+    ),
+}
+
 #: Mean errors beyond this many reference sds are flagged.
 MEAN_ERROR_FLAG = 0.5
 #: sd ratios below this are flagged as under-dispersion (intervals at least 10% too narrow).

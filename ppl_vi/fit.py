@@ -150,8 +150,10 @@ class Polish:
     num_particles: int = 16
 
     def __post_init__(self):
-        if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or (
-            self.num_particles < 1
+        if (
+            isinstance(self.num_particles, bool)
+            or not isinstance(self.num_particles, int)
+            or (self.num_particles < 1)
         ):
             raise ValueError(
                 f"Polish.num_particles must be an integer >= 1 (got {self.num_particles!r})"
@@ -361,9 +363,7 @@ def resolve_guide(guide, model, guide_kwargs: dict | None):
     return obj, spec
 
 
-def resolve_elbo(
-    elbo, num_particles: int | None, max_plate_nesting: int, elbo_kwargs: dict | None
-):
+def resolve_elbo(elbo, num_particles: int | None, max_plate_nesting: int, elbo_kwargs: dict | None):
     """Build the ELBO named by ``elbo`` (a name, a class or an instance of ``pyro.infer.ELBO``).
 
     Returns ``(elbo, spec, factory)``; ``factory(k)`` builds the same ELBO with ``k`` vectorized

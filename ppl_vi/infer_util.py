@@ -248,9 +248,11 @@ def first_nonfinite_site(traces) -> str | None:
             if site["type"] != "sample":
                 continue
             value = site["value"]
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(
-                value
-            ).all():
+            if (
+                torch.is_tensor(value)
+                and value.is_floating_point()
+                and not torch.isfinite(value).all()
+            ):
                 return f"sample site '{name}' (non-finite value in the {label})"
             try:
                 log_prob = site["fn"].log_prob(value)

@@ -164,19 +164,6 @@ def _failing_cell(nb):
 
 
 # ------------------------------------------------------------------ reports for user models
-#: The VI methods a model report tries: label -> (guide, ELBO, ELBO options, PSIS-resample).
-REPORT_METHODS = {
-    "mean-field + ELBO": ("mean_field", "elbo", {}, False),
-    "IAF + ELBO": ("iaf", "elbo", {}, False),
-    "mean-field + IWAE (K=8, DReG), PSIS-resampled": (
-        "mean_field",
-        "iwae",
-        {"num_particles": 8, "gradient": "dreg"},
-        True,
-    ),
-}
-
-
 def _report_cells(model_spec: str, num_steps: int, num_warmup: int, num_samples: int):
     import nbformat.v4 as v4
 
@@ -197,8 +184,8 @@ def _report_cells(model_spec: str, num_steps: int, num_warmup: int, num_samples:
             "import pandas as pd\nimport torch\nfrom IPython.display import Image, Markdown, "
             "display\n\n"
             "import ppl_vi\nfrom ppl_vi.cli import load_model\n"
-            "from ppl_vi.compare import recommend\n"
-            "from ppl_vi.notebooks import REPORT_METHODS, steps\n\n"
+            "from ppl_vi.compare import STANDARD_METHODS, recommend\n"
+            "from ppl_vi.notebooks import steps\n\n"
             "torch.set_num_threads(1)\n"
             f"model, data = load_model({model_spec!r})\n"
             f"NUM_STEPS = steps({num_steps}, 30)\n"
@@ -209,7 +196,7 @@ def _report_cells(model_spec: str, num_steps: int, num_warmup: int, num_samples:
         md("## Fits\n\nEach method runs `ppl_vi.fit` with the same number of steps and seed."),
         code(
             "fits = {}\n"
-            "for label, (guide, elbo, elbo_kwargs, _) in REPORT_METHODS.items():\n"
+            "for label, (guide, elbo, elbo_kwargs, _) in STANDARD_METHODS.items():\n"
             "    fits[label] = ppl_vi.fit(model, **data, guide=guide, elbo=elbo,\n"
             "                             elbo_kwargs=elbo_kwargs, num_steps=NUM_STEPS,\n"
             "                             progress=False, seed=0)\n"
@@ -230,7 +217,7 @@ def _report_cells(model_spec: str, num_steps: int, num_warmup: int, num_samples:
             "reports = {}\n"
             "with warnings.catch_warnings():\n"
             "    warnings.simplefilter('ignore', UserWarning)\n"
-            "    for label, (_, _, _, resample) in REPORT_METHODS.items():\n"
+            "    for label, (_, _, _, resample) in STANDARD_METHODS.items():\n"
             "        reports[label] = ppl_vi.compare(fits[label], nuts, vi_label=label,\n"
             "                                        resample=resample, warn=False)\n"
             "table = pd.DataFrame({label: r.summary() for label, r in reports.items()}).T\n"

@@ -91,8 +91,10 @@ class ParticleELBO(ELBO):
         vectorize_particles: bool = True,
         strict_enumeration_warning: bool = True,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or (
-            num_particles < 1
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or (num_particles < 1)
         ):
             raise ValueError(f"num_particles must be an integer >= 1 (got {num_particles!r})")
         super().__init__(

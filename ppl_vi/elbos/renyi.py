@@ -197,4 +197,3 @@ class RenyiELBO(ParticleELBO):
         # score-function term: grad E[f(z_1:K)] = E[grad f + f grad sum_k log q(z_k)]
         score = self.stacked_like(particles, traces).sum(0)  # datum_shape
         return bound + bound.detach() * (score - score.detach())
-
