@@ -55,6 +55,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from ._common import least_squares_init
+
 __all__ = [
     "POSTERIOR",
     "HAS_IMPROPER_PRIOR",
@@ -147,9 +149,4 @@ def init_values(
         ``beta`` (4,) and ``sigma`` (), in the dtype/device of the data. Without a response,
         ``beta = 0`` and ``sigma = 1``.
     """
-    if kid_score is None:
-        return {"beta": mom_iq.new_zeros(4), "sigma": mom_iq.new_ones(())}
-    X = _design(mom_hs, mom_iq)
-    beta = torch.linalg.lstsq(X, kid_score.unsqueeze(-1)).solution.squeeze(-1)
-    sigma = (kid_score - X @ beta).std()
-    return {"beta": beta, "sigma": sigma}
+    return least_squares_init(_design(mom_hs, mom_iq), kid_score, 4)

@@ -57,6 +57,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
+from ._common import least_squares_init
+
 __all__ = [
     "POSTERIOR",
     "HAS_IMPROPER_PRIOR",
@@ -178,9 +180,5 @@ def init_values(
         ``beta`` (9,) and ``sigma`` (), in the dtype/device of the data. Without a response,
         ``beta = 0`` and ``sigma = 1``.
     """
-    if partyid7 is None:
-        return {"beta": real_ideo.new_zeros(9), "sigma": real_ideo.new_ones(())}
     X = _design(real_ideo, race_adj, age_discrete, educ1, gender, income)
-    beta = torch.linalg.lstsq(X, partyid7.unsqueeze(-1)).solution.squeeze(-1)
-    sigma = (partyid7 - X @ beta).std()
-    return {"beta": beta, "sigma": sigma}
+    return least_squares_init(X, partyid7, 9)

@@ -43,6 +43,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from ._common import least_squares_init
+
 __all__ = [
     "POSTERIOR",
     "HAS_IMPROPER_PRIOR",
@@ -121,8 +123,4 @@ def init_values(N: int, D: int, X: torch.Tensor, y: torch.Tensor | None = None) 
         ``beta`` (D,) and ``sigma`` (), in the dtype/device of ``X``. Without a response,
         ``beta = 0`` and ``sigma = 1``.
     """
-    if y is None:
-        return {"beta": X.new_zeros(D), "sigma": X.new_ones(())}
-    beta = torch.linalg.lstsq(X, y.unsqueeze(-1)).solution.squeeze(-1)
-    sigma = (y - X @ beta).std()
-    return {"beta": beta, "sigma": sigma}
+    return least_squares_init(X, y, D)
