@@ -51,6 +51,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from . import eight_schools_noncentered as noncentered
+from .eight_schools_noncentered import data_from_json
+
 __all__ = [
     "POSTERIOR",
     "HAS_IMPROPER_PRIOR",
@@ -62,29 +65,6 @@ __all__ = [
 
 POSTERIOR = "eight_schools-eight_schools_centered"
 HAS_IMPROPER_PRIOR = False
-
-
-def data_from_json(raw: dict, dtype: torch.dtype | None = None) -> dict:
-    """Model keyword arguments from the parsed ``data.json``.
-
-    Parameters
-    ----------
-    raw : dict
-        Parsed ``data.json`` (``J``, ``y``, ``sigma``).
-    dtype : torch.dtype, optional
-        Tensor dtype; default ``torch.get_default_dtype()``.
-
-    Returns
-    -------
-    dict
-        ``{"J": int, "sigma": (J,), "y": (J,)}``.
-    """
-    dtype = dtype or torch.get_default_dtype()
-    return {
-        "J": int(raw["J"]),
-        "sigma": torch.tensor(raw["sigma"], dtype=dtype),
-        "y": torch.tensor(raw["y"], dtype=dtype),
-    }
 
 
 def model(J: int, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,16 +105,14 @@ def sampled_from_reference(draws: dict) -> dict[str, np.ndarray]:
 
 
 def init_values(J: int, sigma: torch.Tensor, y: torch.Tensor | None = None) -> dict:
-    """Initial values: precision-weighted mean of ``y`` for ``mu`` and every ``theta``, ``tau = 1``.
+    """Initial values: the non-centred start (precision-weighted mean of ``y`` for ``mu``,
+    ``tau = 1``) with every ``theta`` at ``mu``.
 
     Returns
     -------
     dict
         Site name -> tensor in the dtype/device of ``sigma``.
     """
-    if y is None:
-        mu = sigma.new_zeros(())
-    else:
-        w = sigma.pow(-2)
-        mu = (w * y).sum() / w.sum()
-    return {"mu": mu, "tau": sigma.new_ones(()), "theta": mu.expand(J).clone()}
+    start = noncentered.init_values(J, sigma, y)
+    mu = start["mu"]
+    return {"mu": mu, "tau": start["tau"], "theta": mu.expand(J).clone()}
