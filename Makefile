@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 POSTERIORDB ?= ../shared/posteriordb
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow lint bench tutorials clean
+.PHONY: setup demo test test-slow lint bench bench-numpyro tutorials clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,17 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
 bench: setup
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/run_all.py --reference-dir $(POSTERIORDB)
 	$(BIN)/python benchmarks/polish.py
 	$(BIN)/python benchmarks/elbos.py
 	$(BIN)/python benchmarks/guides.py
 	$(BIN)/python benchmarks/sbn.py
 	$(BIN)/python benchmarks/vae.py
 	$(BIN)/python benchmarks/reference_posteriors.py --reference-dir $(POSTERIORDB)
+
+# NumPyro (CPU JAX) for the NumPyro baselines of benchmarks/run_all.py
+bench-numpyro: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[numpyro]"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

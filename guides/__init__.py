@@ -5,12 +5,14 @@
 
 from .amortized import Amortized, amortization_gap
 from .diffusion import DiffusionChain, DiffusionELBO
+from .full_rank import FullRank
 from .hvm import HVM
 from .iaf import IAF
 from .mean_field import MeanField
 
 GUIDES = {
     "mean_field": MeanField,
+    "full_rank": FullRank,
     "iaf": IAF,
     "hvm": HVM,
     "amortized": Amortized,
@@ -24,6 +26,7 @@ __all__ = [
     "Amortized",
     "DiffusionChain",
     "DiffusionELBO",
+    "FullRank",
     "MeanField",
     "amortization_gap",
 ]

@@ -12,10 +12,13 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.nn.module import PyroParam, to_pyro_module_
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn import functional as F
+
+from ppl_vi.infer_util import feasible_value
 
 from ._base import check_init_scale
 from .mean_field import MeanField
@@ -287,8 +290,10 @@ class Amortized(AutoGuide):
         model = self.model
         if idx is not None:
             model = poutine.condition(model, data={self._plate: idx})
+        # latents at a feasible point instead of prior draws: no random numbers are spent on
+        # values nobody uses (a recorded graph would drop those draws and shift the stream)
         with poutine.block():
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
+            trace = poutine.trace(InitMessenger(feasible_value)(model)).get_trace(*args, **kwargs)
         idx = trace.nodes[self._plate]["value"]
         full_size = trace.nodes[self._plate]["fn"].size
         parts = []

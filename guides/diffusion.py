@@ -225,9 +225,7 @@ class DiffusionChain(PyroModule):
     def posterior(self, x: torch.Tensor, z_t: torch.Tensor, t: int) -> dist.Distribution:
         r""":math:`q(z_{t-1} \mid z_t, x)` for :math:`t \ge 2` (Ho et al., 2020, eqs. 6-7)."""
         if not 2 <= t <= self.num_diffusion_steps:
-            raise ValueError(
-                f"posterior needs 2 <= t <= {self.num_diffusion_steps} (got t={t!r})"
-            )
+            raise ValueError(f"posterior needs 2 <= t <= {self.num_diffusion_steps} (got t={t!r})")
         log_abar, log_1m = self._log_alphas_bar(x)
         beta = self.betas(x)[t - 1]
         abar_prev = log_abar[t - 2].exp()
@@ -289,8 +287,9 @@ class DiffusionChain(PyroModule):
         """Sample the whole forward chain ``z_1..z_T`` given the mini-batch of data."""
         x = self._batch(args, kwargs)
         out = {}
-        with pyro.plate(self.plate_name, self._plate_size, subsample_size=self._subsample_size,
-                        dim=-1) as idx:
+        with pyro.plate(
+            self.plate_name, self._plate_size, subsample_size=self._subsample_size, dim=-1
+        ) as idx:
             z = x.index_select(0, idx)
             for t in range(1, self.num_diffusion_steps + 1):
                 z = out[f"z_{t}"] = pyro.sample(f"z_{t}", self.transition(z, t))
@@ -302,8 +301,9 @@ class DiffusionChain(PyroModule):
         whose terms each involve one :math:`z_t` only."""
         x = self._batch(args, kwargs)
         out = {}
-        with pyro.plate(self.plate_name, self._plate_size, subsample_size=self._subsample_size,
-                        dim=-1) as idx:
+        with pyro.plate(
+            self.plate_name, self._plate_size, subsample_size=self._subsample_size, dim=-1
+        ) as idx:
             xb = x.index_select(0, idx)
             for t in range(1, self.num_diffusion_steps + 1):
                 out[f"z_{t}"] = pyro.sample(f"z_{t}", self.marginal(xb, t))
@@ -345,7 +345,10 @@ class DiffusionELBO(ELBO):
     of :math:`q`; the model, replayed on those draws, supplies the distributions
     :math:`p(x \mid z_1)`, :math:`p(z_T)` and :math:`p(z_{t-1} \mid z_t)` of its own sample
     sites; this class takes the KLs analytically. Terms are scaled by the plate's subsampling
-    factor. ``num_particles`` independent draws are averaged.
+    factor. ``num_particles`` independent draws are averaged; with ``vectorize_particles=True``
+    they are drawn at once in an outermost plate (as Pyro's ELBOs do), each particle with its
+    own draws of every :math:`z_t` (and its own step under ``"uniform"``), so the estimate keeps
+    the same expectation.
 
     Parameters
     ----------
@@ -353,9 +356,15 @@ class DiffusionELBO(ELBO):
     steps : {"all", "uniform"}, default "all"
         Sum every step's KL, or one uniformly drawn step per data point.
     max_plate_nesting : int, optional
-        Accepted for ``fit``; unused.
+        Depth of the model's plates; guessed by tracing once when not given. Only used to place
+        the particle plate when ``vectorize_particles=True``.
     vectorize_particles : bool, default False
-        Only ``False`` is supported (particles run in a loop).
+        Draw the particles in one batched pass over a plate instead of a Python loop.
+
+    Shapes
+    ------
+    With vectorized particles every term is ``(K, B)`` (``(K, 1, ..., B)`` for a larger
+    ``max_plate_nesting``) before the sum over particles and data.
 
     Examples
     --------
@@ -377,21 +386,23 @@ class DiffusionELBO(ELBO):
         vectorize_particles: bool = False,
         strict_enumeration_warning: bool = True,
     ):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or (
-            num_particles < 1
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or (num_particles < 1)
         ):
             raise ValueError(f"num_particles must be an integer >= 1 (got {num_particles!r})")
         if steps not in self.STEPS:
             raise ValueError(f"steps must be one of {list(self.STEPS)} (got steps={steps!r})")
-        if vectorize_particles:
-            raise ValueError(
-                "DiffusionELBO runs its particles in a loop; vectorize_particles=True is not "
-                "supported (got vectorize_particles=True)"
+        if not isinstance(vectorize_particles, bool):
+            raise TypeError(
+                "vectorize_particles must be True or False (got "
+                f"vectorize_particles={vectorize_particles!r})"
             )
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
-            vectorize_particles=False,
+            vectorize_particles=vectorize_particles,
             strict_enumeration_warning=strict_enumeration_warning,
         )
         self.steps = steps
@@ -405,20 +416,34 @@ class DiffusionELBO(ELBO):
             )
         return guide
 
-    def _get_trace(self, model, guide, args, kwargs):
-        guide = self._check_guide(guide)
-        guide_trace = poutine.trace(guide.marginal_guide).get_trace(*args, **kwargs)
+    @staticmethod
+    def _trace_pair(model, marginal_guide, args, kwargs):
+        guide_trace = poutine.trace(marginal_guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
         return model_trace, guide_trace
 
+    def _get_trace(self, model, guide, args, kwargs):
+        return self._trace_pair(model, self._check_guide(guide).marginal_guide, args, kwargs)
+
+    def _get_vectorized_trace(self, model, guide, args, kwargs):
+        # Pyro's version wraps ``guide`` itself; the particle plate must wrap the marginal draws.
+        marginal_guide = self._check_guide(guide).marginal_guide
+        return self._trace_pair(
+            self._vectorized_num_particles(model),
+            self._vectorized_num_particles(marginal_guide),
+            args,
+            kwargs,
+        )
+
     def particle_elbo(self, model_trace, guide_trace, guide: DiffusionChain) -> torch.Tensor:
-        """The estimate :math:`\\hat{\\mathcal{L}}` of one particle (scaled sum over the batch)."""
+        """The estimate :math:`\\hat{\\mathcal{L}}` of one particle (scaled sum over the batch);
+        for a vectorized trace, the sum of the ``K`` particles' estimates."""
         t_max = guide.num_diffusion_steps
         obs = model_trace.nodes[guide.obs_site]
-        x = obs["value"]  # (B, D)
-        elbo = obs["fn"].log_prob(x)  # (B,) reconstruction, z_1 replayed from q(z_1 | x)
+        x = obs["value"]  # (B, D); the z_t are (B, D) or, with vectorized particles, (K, B, D)
+        elbo = obs["fn"].log_prob(x)  # (B,) or (K, B): reconstruction, z_1 replayed from q(z_1|x)
         elbo = elbo - kl_divergence(guide.marginal(x, t_max), model_trace.nodes[f"z_{t_max}"]["fn"])
         if t_max >= 2:
             kls = torch.stack(
@@ -430,7 +455,7 @@ class DiffusionELBO(ELBO):
                     for t in range(2, t_max + 1)
                 ],
                 -1,
-            )  # (B, T - 1)
+            )  # (B, T - 1) or (K, B, T - 1)
             if self.steps == "all":
                 elbo = elbo - kls.sum(-1)
             else:

@@ -141,7 +141,8 @@ def _decoder(ref: torch.Tensor, latent_dim: int, hidden_dim: int) -> nn.Module:
     store = pyro.get_param_store()
     for name, p in net.named_parameters():
         full = f"vae_decoder$$${name}"
-        if full in store and tuple(store[full].shape) != tuple(p.shape):
+        # (a shape check: skipped while a graph is recorded, where shapes are fixed anyway)
+        if not torch.jit.is_tracing() and full in store and store[full].shape != p.shape:
             raise ValueError(
                 f"the param store holds {full!r} with shape {tuple(store[full].shape)}, but "
                 f"latent_dim={latent_dim}, hidden_dim={hidden_dim} need shape {tuple(p.shape)}; "

@@ -85,6 +85,7 @@ def cmd_fit(args) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        jit=args.jit,
     )
     summary = write_outputs(result, Path(args.out))
     print(result)
@@ -229,6 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--particles", type=int, default=None, help="default: the ELBO's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--jit", action="store_true", help="compile the loss step (Pyro's JIT)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=cmd_fit)

@@ -15,10 +15,11 @@ import pyro
 import pyro.optim
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI
+from pyro.infer import SVI, JitTrace_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim.lr_scheduler import PyroLRScheduler
 from pyro.optim.optim import PyroOptim, _load_state_dict
+from torch.optim.adam import adam as _adam
 from tqdm import tqdm
 
 from ppl_vi import io
@@ -26,6 +27,7 @@ from ppl_vi.elbos import ELBOS
 from ppl_vi.elbos._base import ParticleELBO
 from ppl_vi.guides import GUIDES
 from ppl_vi.infer_util import device_context, first_nonfinite_site, model_info
+from ppl_vi.jit import JitELBO
 from ppl_vi.result import VIResult
 
 DEFAULT_LR = 0.01
@@ -280,10 +282,81 @@ class _GuardedSVI(SVI):
             zero_grads(set(params))
             raise _NonFinite(loss, bad)
         self._prepare_optim(params)
-        self.optim(params)
-        zero_grads(set(params))
+        if not _fused_adam_step(self.optim, params):
+            self.optim(params)
+        for p in params:  # cheaper than zeroing: the next backward allocates fresh gradients
+            p.grad = None
         self.params = params
         return loss
+
+
+_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+
+
+def _fused_adam_step(optim, params) -> bool:
+    """One Adam update of every parameter with multi-tensor (``foreach``) kernels.
+
+    ``pyro.optim.Adam`` keeps one ``torch.optim.Adam`` per parameter and steps them one by one,
+    which costs more than a compiled loss step on a small model. This applies the same update
+    (``torch.optim.adam.adam``, the function behind ``torch.optim.Adam.step``) to all parameters
+    at once, grouped by their hyper-parameters, reading and writing each per-parameter
+    optimizer's own state, so checkpoints and ``get_state`` are unchanged. Returns False (and
+    does nothing) unless every optimizer is a plain ``torch.optim.Adam`` on a dense CPU/CUDA
+    tensor; the caller then steps the optimizers as Pyro does.
+    """
+    if type(optim) is not PyroOptim or optim.pt_optim_constructor is not torch.optim.Adam:
+        return False
+    groups = {}
+    for p in params:
+        if p.grad is None:
+            continue
+        opt = optim.optim_objs[p]
+        (group,) = opt.param_groups
+        if group.get("differentiable") or group.get("fused") or group.get("capturable"):
+            return False
+        if group.get("decoupled_weight_decay") or p.grad.is_sparse or torch.is_complex(p):
+            return False
+        key = tuple(group[k] for k in _ADAM_KEYS) + (p.device, p.dtype)
+        groups.setdefault(key, []).append((p, opt))
+    for p in params:
+        if p.grad is not None and optim.grad_clip[p] is not None:
+            optim.grad_clip[p](p)
+    for key, members in groups.items():
+        lr, (beta1, beta2), eps, weight_decay, amsgrad, maximize = key[: len(_ADAM_KEYS)]
+        tensors, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], [], [], []
+        for p, opt in members:
+            state = opt.state[p]
+            if not state:  # what torch.optim.Adam creates on its first step
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p)
+            tensors.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+            if amsgrad:
+                max_sqs.append(state["max_exp_avg_sq"])
+        with torch.no_grad():
+            _adam(
+                tensors,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_sqs,
+                steps,
+                foreach=True,
+                amsgrad=amsgrad,
+                beta1=beta1,
+                beta2=beta2,
+                lr=lr,
+                weight_decay=weight_decay,
+                eps=eps,
+                maximize=maximize,
+            )
+    return True
 
 
 def resolve_device(device) -> torch.device:
@@ -363,12 +436,39 @@ def resolve_guide(guide, model, guide_kwargs: dict | None):
     return obj, spec
 
 
-def resolve_elbo(elbo, num_particles: int | None, max_plate_nesting: int, elbo_kwargs: dict | None):
+def resolve_elbo(
+    elbo,
+    num_particles: int | None,
+    max_plate_nesting: int,
+    elbo_kwargs: dict | None,
+    jit: bool = False,
+    undeclared: list | None = None,
+):
     """Build the ELBO named by ``elbo`` (a name, a class or an instance of ``pyro.infer.ELBO``).
 
     Returns ``(elbo, spec, factory)``; ``factory(k)`` builds the same ELBO with ``k`` vectorized
-    particles, or is None for an ELBO instance (whose arguments are not known).
+    particles (one at a time when ``undeclared`` names model sites with batch dims that no plate
+    declares), or is None for an ELBO instance (whose arguments are not known). With ``jit``,
+    both are wrapped in :class:`~ppl_vi.jit.JitELBO` (which warns and runs uncompiled when the
+    ELBO cannot be compiled).
     """
+    obj, spec, factory = _resolve_elbo(
+        elbo, num_particles, max_plate_nesting, elbo_kwargs, undeclared
+    )
+    spec["jit"] = bool(jit)
+    if not jit:
+        return obj, spec, factory
+    compiled = obj if isinstance(obj, (JitELBO, JitTrace_ELBO)) else JitELBO(obj)
+    if factory is not None:
+        inner = factory
+
+        def factory(k: int):
+            return JitELBO(inner(k))
+
+    return compiled, spec, factory
+
+
+def _resolve_elbo(elbo, num_particles, max_plate_nesting, elbo_kwargs, undeclared):
     elbo_kwargs = dict(elbo_kwargs or {})
     if isinstance(elbo, str):
         elbo = _from_table(elbo, ELBOS, "elbo", "a pyro.infer.ELBO class or instance")
@@ -378,13 +478,21 @@ def resolve_elbo(elbo, num_particles: int | None, max_plate_nesting: int, elbo_k
         cls = elbo
         if num_particles is not None:
             elbo_kwargs.setdefault("num_particles", num_particles)
-        if not issubclass(cls, ParticleELBO):  # Pyro's ELBOs loop over particles by default
-            elbo_kwargs.setdefault("vectorize_particles", elbo_kwargs.get("num_particles", 1) > 1)
+        requested = elbo_kwargs.pop("vectorize_particles", None)
+        vectorize = _vectorize_particles(cls, requested, undeclared or [])
         elbo_kwargs.setdefault("max_plate_nesting", max_plate_nesting)
-        obj = cls(**elbo_kwargs)
 
         def factory(k: int):
-            return cls(**{**elbo_kwargs, "num_particles": k, "vectorize_particles": True})
+            # Pyro's own ELBOs with one particle: no particle plate at all
+            vec = vectorize and (k > 1 or issubclass(cls, ParticleELBO))
+            return cls(**{**elbo_kwargs, "num_particles": k, "vectorize_particles": vec})
+
+        k = elbo_kwargs.pop("num_particles", None)
+        if k is not None:
+            obj = factory(k)
+        else:  # the class's own default number of particles
+            vec = vectorize and issubclass(cls, ParticleELBO)
+            obj = cls(**elbo_kwargs, vectorize_particles=vec)
 
     elif isinstance(elbo, pyro.infer.ELBO):
         if elbo_kwargs:
@@ -401,8 +509,32 @@ def resolve_elbo(elbo, num_particles: int | None, max_plate_nesting: int, elbo_k
             f"{type(elbo).__name__})"
         )
     names = {c: name for name, c in ELBOS.items()}
-    spec = {"name": names.get(type(obj)), "class": _class_path(obj)}
+    inner = obj.elbo if isinstance(obj, JitELBO) else obj
+    spec = {"name": names.get(type(inner)), "class": _class_path(inner)}
     return obj, spec, factory
+
+
+def _vectorize_particles(cls, requested: bool | None, undeclared: list) -> bool:
+    """Evaluate particles as one batch (over an extra plate) unless the model cannot.
+
+    Every plate the model declares is known from tracing it once (``max_plate_nesting``), so
+    the particle plate goes left of them. A site with a batch dim no plate declares would
+    collide with it: then particles run one at a time, with a warning.
+    """
+    if requested is not None and not undeclared:
+        return bool(requested)
+    if not undeclared or requested is False:
+        return not undeclared
+    sites = ", ".join(repr(s) for s in undeclared[:5])
+    message = (
+        f"model site(s) {sites} have batch dims that no pyro.plate declares, so {cls.__name__} "
+        "evaluates particles one at a time (slower). Declare those dims with pyro.plate(...) or "
+        "make them event dims with .to_event(...) to vectorize particles."
+    )
+    if requested:
+        raise ValueError(f"vectorize_particles=True cannot be used: {message}")
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return False
 
 
 def _build_optim(optim, lr, clip_norm):
@@ -496,6 +628,7 @@ def fit(
     lr_schedule: Callable[[int], float] | None = None,
     guide_kwargs: dict | None = None,
     elbo_kwargs: dict | None = None,
+    jit: bool = False,
     **model_kwargs,
 ) -> VIResult:
     """Fit a guide to a Pyro model by stochastic variational inference.
@@ -520,7 +653,9 @@ def fit(
     optim : pyro.optim.PyroOptim, optional
         An optimizer to use instead of Adam (then ``lr`` and ``clip_norm`` must be unset).
     num_particles : int, optional
-        Particles per ELBO estimate; more than one are vectorized over a plate. By default the
+        Particles per ELBO estimate; more than one are vectorized over a plate left of the
+        model's own plates (found by tracing the model once), or evaluated one at a time, with a
+        warning, when a model site has a batch dim that no plate declares. By default the
         ELBO's own default (1 for ``"elbo"``).
     seed : int or None, default 0
         Seed for Pyro's random number generators (``None`` leaves them as they are).
@@ -545,6 +680,13 @@ def fit(
         ``lr_schedule(step) -> factor`` multiplies the learning rate at each step.
     guide_kwargs, elbo_kwargs : dict, optional
         Keyword arguments used when the guide or the ELBO is built from a name or a class.
+    jit : bool, default False
+        Compile the loss step with Pyro's JIT tracing (:class:`ppl_vi.jit.JitELBO`): about 2-3x
+        fewer seconds per step for small models, the same random draws and (to float rounding)
+        the same result as ``jit=False`` with the same seed. The model must have a static
+        structure and take its tensors as arguments. ELBOs that cannot be compiled (control
+        variates of ``"rb_score"``, ``"stein"``) or models whose compiled step disagrees with
+        the eager one on the first compiled step run uncompiled, with a warning.
 
     Returns
     -------
@@ -590,7 +732,7 @@ def fit(
             raise _device_error(e, dev) from e
         guide_obj, guide_spec = resolve_guide(guide, model, guide_kwargs)
         elbo_obj, elbo_spec, elbo_factory = resolve_elbo(
-            elbo, num_particles, info.max_plate_nesting, elbo_kwargs
+            elbo, num_particles, info.max_plate_nesting, elbo_kwargs, jit, info.undeclared
         )
         polish_elbo = None
         fixed_k = getattr(elbo_obj, "particles_define_objective", False)
@@ -808,6 +950,9 @@ class _Run:
                         raise
                     failure = self._failure(None, rng_state, loss=float("nan"), cause=e)
                     break
+                except torch.linalg.LinAlgError as e:  # e.g. a Cholesky of a draw's kernel
+                    failure = self._failure(None, rng_state, loss=float("nan"), cause=e)
+                    break
                 except RuntimeError as e:
                     raise _device_error(e, dev) from e
                 if is_scheduler:
@@ -868,6 +1013,8 @@ class _Run:
         if cause is not None:
             first_line = str(cause).splitlines()[0].rstrip(":")
             what = f"a distribution received invalid (non-finite) parameters ({first_line})"
+            if isinstance(cause, torch.linalg.LinAlgError):
+                what = f"the model's linear algebra failed on a draw ({first_line})"
         parts = [f"{what} at step {step}"]
         if site:
             parts.append(f"first found at {site}")

@@ -41,6 +41,9 @@ class ModelInfo:
         Name -> full size, for plates that subsample.
     max_plate_nesting : int
         Depth of the deepest vectorized plate (0 when there is none).
+    undeclared : list
+        Sites with a batch dim that no plate declares (:func:`undeclared_batch_sites`); such a
+        model cannot evaluate particles as one batch.
     """
 
     name: str
@@ -50,6 +53,7 @@ class ModelInfo:
     deterministic: dict = field(default_factory=dict)
     subsample_plates: dict = field(default_factory=dict)
     max_plate_nesting: int = 0
+    undeclared: list = field(default_factory=list)
 
     def fingerprint(self) -> dict:
         """A plain-data summary used to tell whether a saved fit belongs to this model."""
@@ -95,6 +99,45 @@ def plate_nesting(trace) -> int:
     return depth
 
 
+def undeclared_batch_sites(trace) -> list[str]:
+    """Names of the sample sites with a batch dim that no vectorized plate declares.
+
+    A site's batch shape is that of its distribution broadcast with its value (an observed
+    value can carry dims its distribution lacks); every dim of size other than 1 must be the
+    ``dim`` of a vectorized plate in the site's ``cond_indep_stack``. Subsample sites are
+    skipped. A model with such a site cannot use vectorized particles: the particle plate,
+    placed left of the declared plates, would collide with the undeclared dim.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> def model():
+    ...     pyro.sample("x", dist.Normal(torch.zeros(3), 1.0))           # undeclared dim -1
+    ...     pyro.sample("y", dist.Normal(torch.zeros(3), 1.0).to_event(1))  # event dim: fine
+    ...     with pyro.plate("data", 3):
+    ...         pyro.sample("z", dist.Normal(0.0, 1.0))                   # declared by the plate
+    >>> undeclared_batch_sites(pyro.poutine.trace(model).get_trace())
+    ['x']
+    """
+    names = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            continue
+        fn, value = site["fn"], site["value"]
+        declared = {f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None}
+        shape = fn.batch_shape
+        if torch.is_tensor(value):
+            value_batch = value.shape[: max(value.dim() - fn.event_dim, 0)]
+            try:
+                shape = torch.broadcast_shapes(shape, value_batch)
+            except RuntimeError:  # value and distribution disagree: not a plate's doing
+                names.append(name)
+                continue
+        if any(size != 1 and -i - 1 not in declared for i, size in enumerate(reversed(shape))):
+            names.append(name)
+    return names
+
+
 def improper_safe(init_fn: Callable) -> Callable:
     """An init strategy that also works for priors that cannot be sampled.
 
@@ -110,12 +153,22 @@ def improper_safe(init_fn: Callable) -> Callable:
         try:
             return init_fn(site)
         except NotImplementedError:
-            fn = site["fn"]
-            transform = biject_to(fn.support)
-            shape = transform.inverse_shape(fn.batch_shape + fn.event_shape)
-            return transform(torch.zeros(shape)).detach()
+            return feasible_value(site)
 
     return init
+
+
+def feasible_value(site) -> torch.Tensor:
+    """``biject_to(support)(0)`` for a sample site, found without drawing random numbers.
+
+    Pyro's ``init_to_feasible`` draws from the distribution to learn the shape; this reads it
+    from ``batch_shape + event_shape``, so it works for distributions without a sampler and
+    leaves the random stream alone.
+    """
+    fn = site["fn"]
+    transform = biject_to(fn.support)
+    shape = transform.inverse_shape(fn.batch_shape + fn.event_shape)
+    return transform(torch.zeros(shape)).detach()
 
 
 def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
@@ -124,10 +177,20 @@ def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
     with pyro.get_param_store().scope(), torch.no_grad():
         try:
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-        except NotImplementedError:  # a prior that cannot be sampled, e.g. ImproperUniform
+        except (NotImplementedError, ValueError, RuntimeError) as err:
+            # a prior that cannot be sampled (ImproperUniform), or a prior draw the model cannot
+            # use (an explosive ARMA recursion, a kernel matrix that is not positive definite):
+            # the structure is the same at a feasible point
             feasible = InitMessenger(improper_safe(init_to_feasible))(model)
-            trace = poutine.trace(feasible).get_trace(*args, **kwargs)
-    info = ModelInfo(name=model_name(model), max_plate_nesting=plate_nesting(trace))
+            try:
+                trace = poutine.trace(feasible).get_trace(*args, **kwargs)
+            except Exception:
+                raise err from None
+    info = ModelInfo(
+        name=model_name(model),
+        max_plate_nesting=plate_nesting(trace),
+        undeclared=undeclared_batch_sites(trace),
+    )
     for name, site in trace.nodes.items():
         if site["type"] != "sample":
             continue

@@ -259,6 +259,42 @@ class VIResult:
             _, khat = az.psislw(lw, reff=1.0)
         return float(khat)
 
+    def importance_means(
+        self, num_samples: int = 16000, seed: int | None = None
+    ) -> tuple[dict, float]:
+        """Posterior means corrected by Pareto-smoothed importance sampling, and the k-hat.
+
+        The guide serves as the proposal: with draws :math:`z_s \\sim q` and smoothed
+        normalised weights :math:`\\tilde w_s \\propto p(x, z_s) / q(z_s)` (Vehtari et al.
+        2024), :math:`\\hat E[f] = \\sum_s \\tilde w_s f(z_s)`. This removes most of the bias of
+        the guide's own means when k-hat is below 0.7 (above it the estimate is not reliable;
+        the returned k-hat says which case applies).
+
+        Returns
+        -------
+        (dict, float)
+            Site name -> tensor of shape ``site_shape`` for every latent and deterministic site,
+            and the Pareto k-hat of the weights.
+
+        References
+        ----------
+        Vehtari, A., Simpson, D., Gelman, A., Yao, Y. & Gabry, J. (2024). Pareto smoothed
+        importance sampling. JMLR 25(72).
+        """
+        az = _arviz()
+        samples, log_p, log_q = self._draws(num_samples, seed)
+        lw = (log_p - log_q).detach().cpu().double().numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            smoothed, khat = az.psislw(lw, reff=1.0)
+        weights = torch.as_tensor(np.exp(smoothed - smoothed.max()))
+        weights = weights / weights.sum()
+        means = {}
+        for name, value in samples.items():
+            flat = value.detach().cpu().double().reshape(value.shape[0], -1)
+            means[name] = (weights @ flat).reshape(value.shape[1:]).to(value.dtype)
+        return means, float(khat)
+
     def log_marginal_likelihood(self, num_particles: int = 1000, seed: int | None = None) -> float:
         r"""Importance-sampled estimate of :math:`\log p(x)` with the guide as proposal.
 

@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,6 +54,14 @@ def test_fit_accepts_a_user_model_file(tmp_path):
     assert main(["fit", str(source), "--steps", "200", "--no-progress", "--out", str(out)]) == 0
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert 0 < summary.loc["p", "mean"] < 1
+    # the same fit with a compiled loss step: same result for the same seed
+    again = tmp_path / "coin_jit"
+    argv = ["fit", str(source), "--steps", "200", "--no-progress", "--jit", "--out", str(again)]
+    assert main(argv) == 0
+    assert json.loads((again / "run.json").read_text())["elbo"]["jit"] is True
+    compiled = pd.read_csv(again / "losses.csv")["loss"]
+    eager = pd.read_csv(out / "losses.csv")["loss"]
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -411,3 +411,51 @@ def test_pyro_autoguide_class_and_instance_are_accepted():
     instance = AutoDiagonalNormal(normal_normal.model, init_scale=0.05)
     by_instance = quick_fit(guide=instance)
     np.testing.assert_array_equal(by_class.losses, by_instance.losses)
+
+
+def test_linear_algebra_failure_stops_like_a_nan_and_keeps_last_params():
+    flag = {"bad": False}
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        cov = torch.eye(2) * (-1.0 if flag["bad"] else 1.0)  # not positive definite when bad
+        pyro.sample(
+            "z", dist.MultivariateNormal(torch.zeros(2), scale_tril=torch.linalg.cholesky(cov))
+        )
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def poison(state):
+        if state.step == 30:
+            flag["bad"] = True
+
+    with pytest.raises(NonFiniteLossError, match=r"linear algebra failed on a draw .* at step 31"):
+        try:
+            ppl_vi.fit(model, DATA["x"], **QUICK, callbacks=[poison])
+        except NonFiniteLossError as err:
+            assert err.result.num_steps == 30
+            raise
+
+
+def test_model_structure_is_read_at_a_feasible_point_when_a_prior_draw_breaks_the_model():
+    def model(x):
+        s = pyro.sample("s", dist.Normal(0.0, 1.0))
+        cov = torch.eye(2) * (1.0 + s)  # positive definite only for s > -1 (84% of draws)
+        chol = torch.linalg.cholesky(cov)
+        pyro.sample("z", dist.MultivariateNormal(torch.zeros(2), scale_tril=chol))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    from ppl_vi.infer_util import model_info
+
+    broken = 0
+    for seed in range(20):
+        pyro.set_rng_seed(seed)
+        try:
+            pyro.poutine.trace(model).get_trace(DATA["x"])
+        except torch.linalg.LinAlgError:
+            broken += 1
+        pyro.set_rng_seed(seed)
+        info = model_info(model, (DATA["x"],), {})
+        assert info.latent == {"s": (), "z": (2,)}
+    assert broken > 0, "some prior draws must break the model for this test to mean anything"

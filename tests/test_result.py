@@ -139,6 +139,24 @@ def test_exact_guide_gives_exact_evidence_for_every_particle(float64):
     assert 4 * se < 0.1, "the check would see a KL off by 0.1 nats"
 
 
+def test_importance_means_correct_a_shifted_guide(float64):
+    data = normal_normal.load_data()
+    result = ppl_vi.fit(normal_normal.model, **data, num_steps=1, progress=False)
+    post = normal_normal.exact_posterior(**data)["mu"]
+    # a guide 0.5 sd off and 20% too wide: its own mean is 0.5 sd wrong
+    set_guide_to_posterior(result, post.loc + 0.5 * post.scale, 1.2 * post.scale)
+    n = 16000
+    means, khat = result.importance_means(n, seed=2)
+    plain = result.sample(n, seed=2)["mu"].mean()
+    assert abs(plain - post.loc) / post.scale > 0.45
+    # self-normalised importance sampling: sd of the estimate ~ posterior sd / sqrt(ESS)
+    log_p, log_q = result.log_weights(n, seed=2)
+    w = torch.softmax(log_p - log_q, 0)
+    ess = 1.0 / (w**2).sum()
+    assert abs(means["mu"] - post.loc) / post.scale < 4 / ess.sqrt()
+    assert khat < 0.5 and ess > n / 4
+
+
 def test_psis_khat_agrees_with_arviz_on_the_same_weights(eight):
     result, _ = eight
     khat = result.psis_khat(num_samples=1000, seed=11)

@@ -5,6 +5,8 @@
 
 from pyro.infer import Trace_ELBO
 
+from ppl_vi.jit import JitELBO
+
 from .iwae import IWAE
 from .renyi import RenyiELBO
 from .score_function import RBScoreFunctionELBO
@@ -18,4 +20,4 @@ ELBOS = {
     "stein": SteinOperatorELBO,
 }
 
-__all__ = ["ELBOS", "IWAE", "RBScoreFunctionELBO", "RenyiELBO", "SteinOperatorELBO"]
+__all__ = ["ELBOS", "IWAE", "JitELBO", "RBScoreFunctionELBO", "RenyiELBO", "SteinOperatorELBO"]

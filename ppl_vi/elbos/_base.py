@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
 from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
 from pyro.util import check_if_enumerated
 
 
@@ -108,13 +110,45 @@ class ParticleELBO(ELBO):
     def is_vectorized(self) -> bool:
         return self.vectorize_particles and self.num_particles > 1
 
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """``(loss, surrogate)``: the loss estimate and a scalar whose gradient is the estimator.
+
+        This is what :class:`ppl_vi.jit.JitELBO` records as a graph. By default the surrogate is
+        :meth:`differentiable_loss`, whose value is the loss.
+        """
+        surrogate = self.differentiable_loss(model, guide, *args, **kwargs)
+        return surrogate.detach(), surrogate
+
     def _get_trace(self, model, guide, args, kwargs):
+        tracer = poutine.trace(guide)  # keeps the subsample sites that the importance trace drops
         model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
+            "flat", self.max_plate_nesting, model, tracer, args, kwargs
         )
         if is_validation_enabled():
             check_if_enumerated(guide_trace)
+        subsample = Trace()
+        for name, site in tracer.trace.nodes.items():
+            if site["type"] == "sample" and site_is_subsample(site):
+                subsample.add_node(name, **site)
+        guide_trace.subsample_sites = subsample
         return model_trace, guide_trace
+
+    def _get_traces(self, model, guide, args, kwargs):
+        """Pyro's particle loop, except that sequential particles share one mini-batch.
+
+        A bound that combines particles per datum (IWAE, Renyi) must see the same data points
+        in every particle, so particles after the first replay its subsample indices.
+        """
+        if self.vectorize_particles or self.num_particles == 1:
+            yield from super()._get_traces(model, guide, args, kwargs)
+            return
+        shared = None
+        for _ in range(self.num_particles):
+            fn = guide if shared is None else poutine.replay(guide, trace=shared)
+            model_trace, guide_trace = self._get_trace(model, fn, args, kwargs)
+            if shared is None:  # None also for subclasses with their own _get_trace
+                shared = getattr(guide_trace, "subsample_sites", None)
+            yield model_trace, guide_trace
 
     def particles(self, model, guide, args, kwargs) -> Particles:
         """Draw ``num_particles`` particles and return their stacked log densities."""

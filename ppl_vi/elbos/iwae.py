@@ -180,21 +180,31 @@ class IWAE(RenyiELBO):
             )
         return list(guide_params.values()), list(model_params.values())
 
-    def _log_q_at_fixed_z(self, guide, particles: Particles, args, kwargs) -> torch.Tensor:
-        """:math:`\\log q_\\phi(z_k)` with the draws detached, parameters live: ``(K, *datum)``."""
+    def _log_density_at_fixed_z(self, fn, particles: Particles, args, kwargs) -> torch.Tensor:
+        """Log density of ``fn`` (the guide or the model) replayed at the detached draws.
+
+        Parameters stay live, so the result carries gradients for ``fn``'s parameters only.
+        Returns ``(K, *datum_shape)``.
+        """
         traces = []
         for _, guide_trace in particles.traces:
             fixed = Trace()
+            for name, site in getattr(guide_trace, "subsample_sites", Trace()).nodes.items():
+                fixed.add_node(name, **site)  # the same mini-batch
             for name, site in guide_trace.nodes.items():
                 if site["type"] == "sample":
                     fixed.nodes[name] = {**site, "value": site["value"].detach()}
-            fn = poutine.replay(guide, trace=fixed)
+            replayed = poutine.replay(fn, trace=fixed)
             if self.is_vectorized:
-                fn = self._vectorized_num_particles(fn)
-            trace = prune_subsample_sites(poutine.trace(fn).get_trace(*args, **kwargs))
+                replayed = self._vectorized_num_particles(replayed)
+            trace = prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
             trace.compute_log_prob()
             traces.append(trace)
-        log_q = self.stacked_like(particles, traces)
+        return self.stacked_like(particles, traces)
+
+    def _log_q_at_fixed_z(self, guide, particles: Particles, args, kwargs) -> torch.Tensor:
+        """:math:`\\log q_\\phi(z_k)` with the draws detached, parameters live: ``(K, *datum)``."""
+        log_q = self._log_density_at_fixed_z(guide, particles, args, kwargs)
         if is_validation_enabled() and not torch.allclose(
             log_q.detach(), particles.log_q.detach(), rtol=1e-5, atol=1e-5
         ):
@@ -205,6 +215,39 @@ class IWAE(RenyiELBO):
                 "or use gradient='reparam'"
             )
         return log_q
+
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """``(loss, surrogate)`` with one surrogate for both parameter sets (what ``JitELBO``
+        records). Same gradients as :meth:`loss_and_grads`:
+
+        .. math::
+
+            S = -\\sum_k c_k \\big(\\log w_k + \\log q_\\phi(\\bar z_k)\\big)
+                - \\sum_k \\overline{(\\tilde w_k - c_k)}\\, \\log p_\\theta(x, \\bar z_k)
+
+        with :math:`c_k` the (detached) DReG or STL coefficients and :math:`\\bar z` the
+        detached draws: the first term's :math:`\\phi`-gradient is the path estimator, and the
+        second makes the :math:`\\theta`-gradient
+        :math:`-\\sum_k \\tilde w_k \\nabla_\\theta \\log p`, the IWAE one.
+        """
+        if self.gradient == "reparam":
+            return super().loss_and_surrogate(model, guide, *args, **kwargs)
+        particles = self.particles(model, guide, args, kwargs)
+        self._check_reparameterized(particles)
+        guide_params, model_params = self._split_params(particles)
+        log_weights = particles.log_weights
+        bound = self.bound(log_weights)
+        loss = -bound.sum()
+        if not guide_params:
+            return loss.detach(), loss
+        normalized = torch.softmax(log_weights.detach(), dim=0)
+        coef = normalized.square() if self.gradient == "dreg" else normalized
+        log_q_fixed_z = self._log_q_at_fixed_z(guide, particles, args, kwargs)
+        surrogate = -(coef * (log_weights + log_q_fixed_z)).sum()
+        if model_params:
+            log_p_fixed_z = self._log_density_at_fixed_z(model, particles, args, kwargs)
+            surrogate = surrogate - ((normalized - coef) * log_p_fixed_z).sum()
+        return loss.detach(), surrogate
 
 
 def _accumulate_grads(objective: torch.Tensor, params: list, retain_graph: bool = False) -> None:

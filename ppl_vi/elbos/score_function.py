@@ -354,9 +354,9 @@ class RBScoreFunctionELBO(ParticleELBO):
         :math:`\\log q` (both carrying the guide-parameter gradients)."""
         pp = self._per_particle
         log_p = sum(pp(s["log_prob"]) for s in _sample_sites(model_trace))
-        with torch.no_grad():
-            log_q_all = sum(pp(s["log_prob"]) for s in _sample_sites(guide_trace))
-            elbo = log_p.detach() - log_q_all
+        # detach() rather than no_grad(): a recorded graph (ppl_vi.jit) keeps detach, not no_grad
+        log_q_all = sum(pp(s["log_prob"].detach()) for s in _sample_sites(guide_trace))
+        elbo = log_p.detach() - log_q_all
         score_lq = [guide_trace.nodes[s]["unscaled_log_prob"] for s in plan.score_sites]
         if not score_lq:
             zero = elbo.new_zeros(elbo.shape)
@@ -367,21 +367,20 @@ class RBScoreFunctionELBO(ParticleELBO):
         traces = {"model": model_trace, "guide": guide_trace}
         reduced = {}
         score = 0.0
-        with torch.no_grad():
-            signals = []
-            for terms in plan.signals:
-                signal = 0.0
-                for sign, trace_name, name, dims in terms:
-                    key = (trace_name, name, dims)
-                    term = reduced.get(key)
-                    if term is None:
-                        term = traces[trace_name].nodes[name]["log_prob"]
-                        sum_dims = [d for d in dims if -term.dim() <= d and term.shape[d] != 1]
-                        if sum_dims:
-                            term = term.sum(sum_dims, keepdim=True)
-                        reduced[key] = term
-                    signal = signal + term if sign > 0 else signal - term
-                signals.append(signal)
+        signals = []
+        for terms in plan.signals:
+            signal = 0.0
+            for sign, trace_name, name, dims in terms:
+                key = (trace_name, name, dims)
+                term = reduced.get(key)
+                if term is None:
+                    term = traces[trace_name].nodes[name]["log_prob"].detach()
+                    sum_dims = [d for d in dims if -term.dim() <= d and term.shape[d] != 1]
+                    if sum_dims:
+                        term = term.sum(sum_dims, keepdim=True)
+                    reduced[key] = term
+                signal = signal + term if sign > 0 else signal - term
+            signals.append(signal)
         for lq, signal in zip(score_lq, signals, strict=True):
             score = score + pp(lq * signal)
         return elbo, log_p, score, log_q
@@ -432,6 +431,16 @@ class RBScoreFunctionELBO(ParticleELBO):
         ]
 
     # ----------------------------------------------------------------------------- public
+
+    def jit_unsupported(self) -> str | None:
+        """Why ``ppl_vi.jit.JitELBO`` cannot record this estimator (None when it can)."""
+        if self.control_variates:
+            return (
+                "its control variates take per-particle gradients inside the step "
+                "(torch.autograd.grad), which a recorded graph cannot hold; control_variates=False "
+                "compiles"
+            )
+        return None
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """Estimate of -ELBO from ``num_particles`` particles (no gradients)."""

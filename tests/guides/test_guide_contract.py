@@ -10,7 +10,7 @@ from ppl_vi.models import eight_schools
 
 # the guides that apply to any model with continuous latents (amortized and diffusion guides
 # need a data plate and their own models; they have their own tests)
-GENERIC = ["mean_field", "iaf", "hvm"]
+GENERIC = ["mean_field", "full_rank", "iaf", "hvm"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
