@@ -14,8 +14,11 @@ The markdown goes to ``benchmarks/results/speed.md`` and replaces the part of RE
 ``<!-- speed:start -->`` and ``<!-- speed:end -->``. ``--table-only`` rebuilds both from the
 JSON files without running anything.
 
-    python benchmarks/run_all.py [--quick] [--only overhead,particles] [--table-only]
+    python benchmarks/run_all.py [--only overhead,particles] [--table-only]
                                  [--reference-dir ../shared/posteriordb] [--threads 1]
+
+Each section can also be run alone with its own options (e.g. ``python benchmarks/particles.py
+--steps 150``), then ``--table-only`` puts its new numbers into the table.
 """
 
 from __future__ import annotations
@@ -32,20 +35,11 @@ RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 SECTIONS = ("overhead", "time_to_accuracy", "particles", "memory", "device")
-QUICK = {
-    "overhead": ["--steps", "300", "--repeats", "3"],
-    "time_to_accuracy": ["--seeds", "1", "--skip-posteriordb"],
-    "particles": ["--steps", "100", "--repeats", "3"],
-    "memory": [],
-    "device": ["--steps", "50", "--repeats", "3"],
-}
 
 
 def _arguments(name: str, args) -> list:
-    argv = list(QUICK[name]) if args.quick else []
-    if name != "memory":
-        argv += ["--threads", str(args.threads)]
-    if name == "time_to_accuracy" and args.reference_dir and not args.quick:
+    argv = [] if name == "memory" else ["--threads", str(args.threads)]
+    if name == "time_to_accuracy" and args.reference_dir:
         argv += ["--reference-dir", args.reference_dir]
     return argv
 
@@ -80,7 +74,6 @@ def update_readme(section: str) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small settings (a smoke run)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)

@@ -267,7 +267,9 @@ def markdown(report: dict) -> str:
         f"ppl-vi: {report['method']}, shortest fit of the ladder {list(report['ladder'])} steps "
         f"that reaches the target (median and range over {report['seeds']} seeds; set-up, "
         f"compilation and {report['draws']} importance draws included; `ladder` = all fits up "
-        "to it). Samplers: 1 chain, 500 warm-up + 1000 draws, one run each, error in brackets. "
+        "to it; the first fit in the process also pays one-time imports such as ArviZ, the top "
+        "of the first range). Samplers: 1 chain, 500 warm-up + 1000 draws, one run each, error "
+        "in brackets. "
         f"torch threads: {report['torch_threads']}; {report['jax_note']}",
         "",
         "| posterior | ppl-vi | ppl-vi ladder | Pyro NUTS | Pyro NUTS (jit) | NumPyro NUTS "
