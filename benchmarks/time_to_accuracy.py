@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import ppl_vi
+from ppl_vi.compare import FAST_METHOD
 from ppl_vi.models import eight_schools, logistic_regression
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,14 +47,7 @@ import _references  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 LADDER = (125, 250, 500, 1000, 2000, 4000)
 DRAWS = 16000
-METHOD = {
-    "guide": "full_rank",
-    "elbo": "elbo",
-    "num_particles": 32,
-    "lr": 0.1,
-    "jit": True,
-    "convergence": None,
-}
+METHOD = {**FAST_METHOD[1], "convergence": None}
 METHOD_LABEL = (
     "full-rank Gaussian, Trace_ELBO with 32 vectorized particles, lr 0.1, jit, PSIS means"
 )

@@ -87,8 +87,8 @@ def test_demo_writes_a_report(tmp_path):
           "--no-progress"])
     report = (tmp_path / "report.md").read_text()
     assert "| tau " in report and "PSIS k-hat" in report
-    for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE"):
+    for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE", "full-rank + ELBO"):
         assert f"## {method}" in report
     assert (tmp_path / "loss.png").stat().st_size > 10_000
-    for method in ("mean_field_elbo", "iaf_elbo", "mean_field_iwae"):
+    for method in ("mean_field_elbo", "iaf_elbo", "mean_field_iwae", "full_rank_elbo"):
         assert (tmp_path / f"compare_{method}.png").stat().st_size > 10_000
