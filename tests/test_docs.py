@@ -7,7 +7,10 @@ import pytest
 
 MODULES = [
     "ppl_vi",
+    "ppl_vi.jit",
+    "ppl_vi.infer_util",
     "ppl_vi.guides.mean_field",
+    "ppl_vi.guides.full_rank",
     "ppl_vi.guides.iaf",
     "ppl_vi.guides.hvm",
     "ppl_vi.guides.amortized",
