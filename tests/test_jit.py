@@ -176,18 +176,33 @@ def _undeclared_model(y):
 
 
 def test_fit_vectorizes_particles_when_the_model_declares_its_plates():
+    from ppl_vi.fit import resolve_elbo
+    from ppl_vi.infer_util import model_info
+
     data = normal_normal.load_data()
-    result = ppl_vi.fit(
-        normal_normal.model, **data, elbo="iwae", num_particles=8, num_steps=5, progress=False
-    )
-    assert result.elbo_spec["class"].endswith("IWAE")
+    info = model_info(normal_normal.model, (), data)
+    assert info.max_plate_nesting == 1 and info.undeclared == []
+    for name in ("elbo", "iwae", "renyi", "rb_score"):
+        elbo, _, factory = resolve_elbo(name, 8, info.max_plate_nesting, None)
+        assert elbo.vectorize_particles and elbo.num_particles == 8, name
+        assert factory(16).vectorize_particles, name  # the final phase's ELBO too
+    # Pyro's own ELBO with one particle: no particle plate at all (same as plain Pyro)
+    assert not resolve_elbo("elbo", None, 1, None)[0].vectorize_particles
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        ppl_vi.fit(normal_normal.model, **data, num_particles=4, num_steps=5, progress=False)
+        result = ppl_vi.fit(
+            normal_normal.model, **data, elbo="iwae", num_particles=8, num_steps=5, progress=False
+        )
+    assert result.elbo_spec["class"].endswith("IWAE")
 
 
 def test_fit_falls_back_to_sequential_particles_with_a_warning():
+    from ppl_vi.fit import resolve_elbo
+
     y = torch.tensor([0.5, -1.0, 2.0])
+    with pytest.warns(RuntimeWarning, match=r"'mu' have batch dims that no pyro.plate declares"):
+        elbo, _, factory = resolve_elbo("iwae", 4, 0, None, undeclared=["mu"])
+    assert not elbo.vectorize_particles and not factory(16).vectorize_particles
     with pytest.warns(RuntimeWarning, match=r"'mu' have batch dims that no pyro.plate declares"):
         result = ppl_vi.fit(
             _undeclared_model, y, elbo="iwae", num_particles=4, num_steps=20, progress=False
