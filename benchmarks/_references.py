@@ -17,7 +17,8 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "references"
 
 
-def _moments(draws: dict) -> dict:
+def moments(draws: dict) -> dict:
+    """Site -> ``{"mean", "sd"}`` (lists) of draws ``{site: (n, *shape)}``."""
     out = {}
     for name, value in draws.items():
         value = np.asarray(value, dtype=np.float64)
@@ -50,7 +51,7 @@ def logistic_regression_reference(refresh: bool = False) -> dict:
         "min_ess_bulk": float(summary["ess_bulk"].min()),
         "max_r_hat": float(summary["r_hat"].max()),
         "wall_time_s": nuts.wall_time,
-        "sites": _moments(draws),
+        "sites": moments(draws),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
@@ -61,7 +62,7 @@ def eight_schools_reference() -> dict:
     from ppl_vi.models import eight_schools
 
     draws = eight_schools.reference_draws()
-    return _moments({k: draws[k] for k in ("mu", "tau", "theta_t")})
+    return moments({k: draws[k] for k in ("mu", "tau", "theta_t")})
 
 
 def max_error(means: dict, reference: dict) -> float:

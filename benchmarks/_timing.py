@@ -26,6 +26,17 @@ def svi_step_time(model, guide, elbo, data: dict, steps: int, warmup: int = 5) -
     return (time.process_time() - start) / steps
 
 
+def per_step(seconds_for, steps: int, setup_steps: int = 3) -> float:
+    """Seconds per step of a fit, its set-up taken out.
+
+    ``seconds_for(n)`` runs a fit of ``n`` steps and returns its time; the set-up (tracing the
+    model, building the guide, recording a compiled step) is measured by a ``setup_steps`` fit
+    and subtracted: ``(t(steps + setup_steps) - t(setup_steps)) / steps``.
+    """
+    setup = seconds_for(setup_steps)
+    return (seconds_for(steps + setup_steps) - setup) / steps
+
+
 def ratio_stats(numerators: list, denominators: list) -> dict:
     """Median, min and max of the per-repeat ratios of two interleaved timing series."""
     ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]

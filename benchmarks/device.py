@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from _timing import ratio_stats
+from _timing import per_step, ratio_stats
 from pyro.infer import Trace_ELBO
 
 import ppl_vi
@@ -90,15 +90,13 @@ def _fit_seconds(build, steps: int, device: str) -> float:
     return clock() - start
 
 
-def fit_step_time(build, steps: int, device: str, setup_steps: int = 5) -> float:
+def fit_step_time(build, steps: int, device: str) -> float:
     """Seconds per step of ``ppl_vi.fit(..., device=device)``, set-up taken out.
 
     CPU time on the CPU, wall time on the GPU (``fit`` reads every step's loss, which
-    synchronizes the device). A short fit measures the set-up (tracing the model, building the
-    guide, moving the data) and is subtracted.
+    synchronizes the device).
     """
-    setup = _fit_seconds(build, setup_steps, device)
-    return (_fit_seconds(build, steps + setup_steps, device) - setup) / steps
+    return per_step(lambda n: _fit_seconds(build, n, device), steps, setup_steps=5)
 
 
 def main(argv=None) -> dict:

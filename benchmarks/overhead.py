@@ -44,7 +44,7 @@ from ppl_vi.models import eight_schools, logistic_regression
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _numpyro  # noqa: E402
-from _timing import ratio_stats, svi_step_time  # noqa: E402
+from _timing import per_step, ratio_stats, svi_step_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SAME_ELBO = Polish(num_particles=1)  # decay + averaging, no extra particles
@@ -68,9 +68,7 @@ def _fit(model, data, steps, polish, jit):
 
 
 def ppl_vi_fit(model, data, steps, polish, jit=False):
-    setup, _ = _fit(model, data, SETUP_STEPS, polish, jit)
-    total, _ = _fit(model, data, steps + SETUP_STEPS, polish, jit)
-    return (total - setup) / steps
+    return per_step(lambda n: _fit(model, data, n, polish, jit)[0], steps, SETUP_STEPS)
 
 
 def same_result(model, data, steps: int = 300) -> float:

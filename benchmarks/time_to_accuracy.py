@@ -157,7 +157,9 @@ def bundled(seeds: int, tol: float) -> dict:
             "vi": vi,
             "vi_reached": len(reached),
             "vi_time_s": _spread(reached) if reached else None,
-            "vi_cumulative_s": _spread([r["cumulative_s"] for r in vi if r["reached"]] or [0.0]),
+            "vi_cumulative_s": _spread([r["cumulative_s"] for r in vi if r["reached"]])
+            if reached
+            else None,
             "pyro_nuts": nuts[0],
             "pyro_nuts_jit": nuts_jit[0],
             "numpyro_nuts": numpyro[0] if numpyro else None,
@@ -183,11 +185,7 @@ def posteriordb_set(reference_dir, tol: float) -> dict:
             post = posteriordb.load(name, reference_dir)
         except FileNotFoundError as err:
             return {"skipped": str(err)}
-        reference = {
-            k: {"mean": np.asarray(v).mean(0), "sd": np.asarray(v).std(0, ddof=1)}
-            for k, v in post.reference.items()
-            if np.asarray(v).ndim >= 1
-        }
+        reference = _references.moments(post.reference)
         init = {k: torch.as_tensor(v) for k, v in post.init_values().items()}
         vi = vi_ladder(post.model, post.data, reference, 0, tol, guide_kwargs={"init_loc_fn": init})
         nuts_file = cache / f"{post.name}_w500_d1000_s0.json"
@@ -281,7 +279,7 @@ def markdown(report: dict) -> str:
         speed = row.get("speedup_vs_pyro_nuts")
         lines.append(
             f"| {name} | {_fmt(row['vi_time_s'])}, {row['vi_reached']}/{len(row['vi'])} seeds "
-            f"| {_fmt(row['vi_cumulative_s']) if row['vi_reached'] else '-'} "
+            f"| {_fmt(row['vi_cumulative_s']) if row['vi_cumulative_s'] else '-'} "
             f"| {n['wall_s']:.1f} s ({n['error_sd']:.2f} sd) "
             f"| {nj['wall_s']:.1f} s ({nj['error_sd']:.2f} sd) | {numpyro_cells} "
             f"| {'-' if speed is None else f'{speed:.1f}x'} |"

@@ -126,7 +126,8 @@ def demo(
         for label, (g, e, kw, resample) in STANDARD_METHODS.items()
     ]
     fast_label, fast_kwargs, fast_steps = FAST_METHOD
-    methods.append((fast_label, {**fast_kwargs, "num_steps": min(fast_steps, num_steps)}, True))
+    fast_steps = min(fast_steps, num_steps)
+    methods.append((fast_label, {**fast_kwargs, "num_steps": fast_steps}, True))
     for k, (label, fit_kwargs, resample) in enumerate(methods):
         guide, elbo = fit_kwargs["guide"], fit_kwargs["elbo"]
         result = fit(eight_schools.model, **data, **fit_kwargs, progress=progress, seed=0)
@@ -155,7 +156,7 @@ def demo(
         "",
         f"NUTS (Pyro, 1 chain, {num_warmup} warm-up + {num_samples} draws): "
         f"{nuts.wall_time:.1f} s, {nuts.num_divergences} divergences. Each VI method: "
-        f"{num_steps} steps (the full-rank recipe: {min(fast_steps, num_steps)}). Everything: "
+        f"{num_steps} steps (the full-rank recipe: {fast_steps}). Everything: "
         f"{elapsed:.0f} s, torch threads: "
         f"{torch.get_num_threads()}.",
         "",

@@ -521,10 +521,10 @@ def _vectorize_particles(cls, requested: bool | None, undeclared: list) -> bool:
     the particle plate goes left of them. A site with a batch dim no plate declares would
     collide with it: then particles run one at a time, with a warning.
     """
-    if requested is not None and not undeclared:
-        return bool(requested)
-    if not undeclared or requested is False:
-        return not undeclared
+    if not undeclared:
+        return True if requested is None else bool(requested)
+    if requested is False:
+        return False
     sites = ", ".join(repr(s) for s in undeclared[:5])
     message = (
         f"model site(s) {sites} have batch dims that no pyro.plate declares, so {cls.__name__} "

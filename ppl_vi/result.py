@@ -251,13 +251,10 @@ class VIResult:
         Yao, Y., Vehtari, A., Simpson, D. & Gelman, A. (2018). Yes, but did it work?:
         Evaluating variational inference. ICML.
         """
-        az = _arviz()
+        from ppl_vi.diagnostics import psis  # diagnostics imports this module
+
         log_p, log_q = self.log_weights(num_samples, seed)
-        lw = (log_p - log_q).detach().cpu().double().numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            _, khat = az.psislw(lw, reff=1.0)
-        return float(khat)
+        return psis((log_p - log_q).detach().cpu().double().numpy())[1]
 
     def importance_means(
         self, num_samples: int = 16000, seed: int | None = None
@@ -281,19 +278,16 @@ class VIResult:
         Vehtari, A., Simpson, D., Gelman, A., Yao, Y. & Gabry, J. (2024). Pareto smoothed
         importance sampling. JMLR 25(72).
         """
-        az = _arviz()
+        from ppl_vi.diagnostics import psis  # diagnostics imports this module
+
         samples, log_p, log_q = self._draws(num_samples, seed)
-        lw = (log_p - log_q).detach().cpu().double().numpy()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            smoothed, khat = az.psislw(lw, reff=1.0)
-        weights = torch.as_tensor(np.exp(smoothed - smoothed.max()))
-        weights = weights / weights.sum()
+        smoothed, khat = psis((log_p - log_q).detach().cpu().double().numpy())
+        weights = torch.as_tensor(np.exp(smoothed))  # normalised: logsumexp 0
         means = {}
         for name, value in samples.items():
             flat = value.detach().cpu().double().reshape(value.shape[0], -1)
             means[name] = (weights @ flat).reshape(value.shape[1:]).to(value.dtype)
-        return means, float(khat)
+        return means, khat
 
     def log_marginal_likelihood(self, num_particles: int = 1000, seed: int | None = None) -> float:
         r"""Importance-sampled estimate of :math:`\log p(x)` with the guide as proposal.
