@@ -10,11 +10,11 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.infer import ELBO
-from pyro.infer.util import torch_item
 from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+
+from ppl_vi.elbos._base import SurrogateELBO
 
 SCHEDULES = ("linear", "cosine", "learned")
 _COSINE_OFFSET = 0.008
@@ -310,7 +310,7 @@ class DiffusionChain(PyroModule):
         return out
 
 
-class DiffusionELBO(ELBO):
+class DiffusionELBO(SurrogateELBO):
     r"""Rao-Blackwellized ELBO of a diffusion model with a :class:`DiffusionChain` guide.
 
     .. math::
@@ -463,18 +463,11 @@ class DiffusionELBO(ELBO):
                 elbo = elbo - (t_max - 1) * kls.gather(-1, pick).squeeze(-1)
         return (obs["scale"] * elbo).sum()
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """-ELBO estimate (the loss and its own surrogate: the estimator is pathwise)."""
         guide = self._check_guide(guide)
         total = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             total = total + self.particle_elbo(model_trace, guide_trace, guide)
-        return -total / self.num_particles
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return torch_item(loss)
+        loss = -total / self.num_particles
+        return loss.detach(), loss

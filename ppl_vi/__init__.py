@@ -10,9 +10,11 @@ torch.Size([100])
 
 from ppl_vi import diagnostics, elbos, guides, models
 from ppl_vi.compare import Report, compare, recommend
-from ppl_vi.fit import Convergence, FitState, NonFiniteLossError, Polish, fit
-from ppl_vi.io import CheckpointError
+from ppl_vi.engine import Engine, TrainState
+from ppl_vi.errors import CheckpointError, DataError, FitError, NonFiniteLossError
+from ppl_vi.fit import fit
 from ppl_vi.nuts import NUTSResult, load_nuts, run_nuts
+from ppl_vi.policies import Convergence, FitState, Polish
 from ppl_vi.result import VIResult, load
 
 __version__ = "0.1.0"
@@ -20,11 +22,15 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "Convergence",
+    "DataError",
+    "Engine",
+    "FitError",
     "FitState",
     "NUTSResult",
     "NonFiniteLossError",
     "Polish",
     "Report",
+    "TrainState",
     "VIResult",
     "compare",
     "diagnostics",

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ppl_vi import models
+from ppl_vi import io, models
 from ppl_vi.diagnostics import plot_losses
+from ppl_vi.errors import CheckpointError, FitError
 from ppl_vi.fit import fit
 
 
@@ -47,15 +48,18 @@ def load_model(spec: str):
     return getattr(module, func), module.load_data()
 
 
-def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame:
-    """Save a fit to ``out``: result.pt, losses.csv, summary.csv, loss.png, run.json."""
+def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame | None:
+    """Save a fit to ``out``: result.pt, losses.csv, loss.png, run.json, then summary.csv.
+
+    The files that need no model evaluation come first, so a model that can no longer be
+    evaluated (the reason a fit stopped) still leaves the fit on disk; the summary is then
+    skipped with a message and None is returned.
+    """
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "result.pt")
     pd.DataFrame({"step": np.arange(1, result.num_steps + 1), "loss": result.losses}).to_csv(
         out / "losses.csv", index=False
     )
-    summary = result.summary(num_samples=num_samples, seed=0)
-    summary.to_csv(out / "summary.csv")
     plot_losses(result.losses, out / "loss.png", title=f"{result.info.name}: training loss")
     info = {
         "model": result.info.name,
@@ -65,29 +69,48 @@ def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame:
         "converged": result.converged,
         "interrupted": result.interrupted,
         "wall_time_s": result.wall_time,
-        "final_loss_mean_100": float(result.losses[-100:].mean()),
+        "final_loss_mean_100": float(result.losses[-100:].mean()) if result.num_steps else None,
         "device": str(result.device),
     }
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    try:
+        summary = result.summary(num_samples=num_samples, seed=0)
+    except Exception as e:  # noqa: BLE001 - the other files are written; say why this one is not
+        print(
+            f"ppl-vi: no summary.csv: the model failed on draws from the fit ({e})", file=sys.stderr
+        )
+        return None
+    summary.to_csv(out / "summary.csv")
     return summary
 
 
 def cmd_fit(args) -> int:
+    out = Path(args.out)
+    io.check_writable(out / "result.pt", "--out folder's result file")  # before any training
     model, data = load_model(args.model)
-    result = fit(
-        model,
-        **data,
-        guide=args.guide,
-        elbo=args.elbo,
-        num_steps=args.steps,
-        lr=args.lr,
-        num_particles=args.particles,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        jit=args.jit,
-    )
-    summary = write_outputs(result, Path(args.out))
+    try:
+        result = fit(
+            model,
+            guide=args.guide,
+            elbo=args.elbo,
+            num_steps=args.steps,
+            lr=args.lr,
+            num_particles=args.particles,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+            jit=args.jit,
+            checkpoint=args.checkpoint,
+            resume=args.resume,
+            model_kwargs=data,
+        )
+    except FitError as err:
+        print(f"ppl-vi: {err}", file=sys.stderr)
+        if err.result is not None and err.result.num_steps:
+            write_outputs(err.result, out)
+            print(f"wrote the fit up to step {err.result.num_steps} to {out}/", file=sys.stderr)
+        return 1
+    summary = write_outputs(result, out)
     print(result)
     print(summary.round(3).to_string())
     print(f"wrote {args.out}/: result.pt losses.csv summary.csv loss.png run.json")
@@ -232,6 +255,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--jit", action="store_true", help="compile the loss step (Pyro's JIT)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if it matches)")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        choices=["auto", "force", "restart"],
+        help="what to do with an existing checkpoint of a different fit",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=cmd_fit)
     d = sub.add_parser("demo", help="fit eight schools with three VI methods, compare with NUTS")
@@ -262,7 +292,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, CheckpointError) as e:
         print(f"ppl-vi: error: {e}", file=sys.stderr)
         return 2
 

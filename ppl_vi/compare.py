@@ -17,8 +17,11 @@ from ppl_vi.diagnostics import (
     KHAT_GOOD,
     khat_verdict,
     psis,
+    psis_resample,
     underdispersion,
 )
+from ppl_vi.nuts import NUTSResult
+from ppl_vi.stats import arviz as _arviz
 
 __all__ = ["Report", "compare", "components", "recommend"]
 
@@ -70,8 +73,6 @@ def components(draws: dict) -> dict[str, np.ndarray]:
 
 def _reference_draws(reference):
     """(draws, wall_time, label) of a NUTSResult, a posteriordb Posterior or a dict."""
-    from ppl_vi.nuts import NUTSResult
-
     if isinstance(reference, NUTSResult):
         return reference.samples, reference.wall_time, "NUTS"
     if hasattr(reference, "reference") and hasattr(reference, "posterior_name"):
@@ -286,8 +287,6 @@ def compare(
     ref, ref_time, ref_label = _reference_draws(reference)
     samples, log_p, log_q = vi_result._draws(num_samples, seed)
     if resample:
-        from ppl_vi.diagnostics import psis_resample
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # k-hat is reported below
             samples = psis_resample(vi_result, num_samples, seed=seed)
@@ -352,12 +351,8 @@ def _mcse_sd(draws: np.ndarray, reference) -> float:
     NUTS draws use ArviZ's bulk ESS (autocorrelation-aware); reference draws are treated as
     independent (posteriordb thins to near-independence).
     """
-    from ppl_vi.nuts import NUTSResult
-
     n = len(draws)
     if isinstance(reference, NUTSResult):
-        from ppl_vi.result import _arviz
-
         chains = reference.settings["num_chains"]
         ess = float(_arviz().ess(np.asarray(draws).reshape(chains, -1), method="bulk"))
         n = max(ess, 1.0)

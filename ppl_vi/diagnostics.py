@@ -6,11 +6,18 @@ import os
 import warnings
 
 import numpy as np
-import pyro.poutine as poutine
 import torch
 from matplotlib.figure import Figure
 
-from ppl_vi.result import _arviz
+from ppl_vi.predictive import (  # noqa: F401 - public names of this module
+    add_posterior_predictive,
+    pointwise_log_likelihood,
+    posterior_predictive,
+    site_draws,
+    traces_per_draw,
+)
+from ppl_vi.stats import KHAT_BAD, KHAT_GOOD, psis  # noqa: F401 - public names of this module
+from ppl_vi.stats import arviz as _arviz
 
 
 def plot_losses(losses, path: str | os.PathLike | None = None, title: str = "Training loss"):
@@ -42,11 +49,6 @@ def plot_losses(losses, path: str | os.PathLike | None = None, title: str = "Tra
 
 
 # ---------------------------------------------------------------------------------- PSIS
-#: Pareto k-hat thresholds of Yao et al. (2018): below the first the approximation is good,
-#: between them usable with care, above the second unreliable.
-KHAT_GOOD, KHAT_BAD = 0.5, 0.7
-
-
 def khat_verdict(khat: float) -> str:
     """A plain-language reading of a PSIS Pareto k-hat (Yao et al., 2018).
 
@@ -54,7 +56,10 @@ def khat_verdict(khat: float) -> str:
     'k-hat 0.3 < 0.5: the approximation is close to the posterior; estimates can be trusted'
     """
     if np.isnan(khat) or khat == np.inf:
-        return f"k-hat {khat}: could not be estimated (non-finite importance weights)"
+        return (
+            f"k-hat {khat}: could not be estimated (too few draws, or non-finite importance "
+            "weights); do not read it as good"
+        )
     if khat < KHAT_GOOD:
         return (
             f"k-hat {khat:.3g} < {KHAT_GOOD}: the approximation is close to the posterior; "
@@ -69,30 +74,6 @@ def khat_verdict(khat: float) -> str:
         f"k-hat {khat:.3f} >= {KHAT_BAD}: the approximation is far from the posterior in its "
         "tails; do not trust its means and variances, and compare with NUTS"
     )
-
-
-def psis(log_weights) -> tuple[np.ndarray, float]:
-    """Pareto-smoothed importance weights via :func:`arviz.psislw`.
-
-    Parameters
-    ----------
-    log_weights : array-like, shape (S,)
-        ``log p(x, z_s) - log q(z_s)`` for draws ``z_s ~ q``.
-
-    Returns
-    -------
-    (numpy.ndarray, float)
-        Normalised smoothed log weights (logsumexp 0) and the Pareto k-hat (``-inf`` when all
-        weights are equal, i.e. the proposal is the target).
-    """
-    az = _arviz()
-    lw = np.asarray(log_weights, dtype=np.float64)
-    if np.isfinite(lw).all() and np.ptp(lw) == 0:  # q = p: every weight equal, no tail at all
-        return np.full_like(lw, -np.log(len(lw))), float("-inf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        smoothed, khat = az.psislw(lw.copy(), reff=1.0)
-    return np.asarray(smoothed), float(khat)
 
 
 def psis_resample(
@@ -121,73 +102,7 @@ def psis_resample(
     return {k: v[idx.to(v.device)] for k, v in samples.items()}
 
 
-# ------------------------------------------------------------------- predictive and LOO
-def traces_per_draw(
-    model, samples: dict, args=(), kwargs=None, info=None, uncondition: bool = False
-):
-    """Run the model once per posterior draw, latent sites fixed to the draw; yield the traces.
-
-    Runs one draw at a time (no batch semantics needed, and priors that cannot be sampled,
-    such as ``ImproperUniform``, are never sampled). With ``uncondition=True`` the observed
-    sites draw new values (posterior predictive) instead of returning the data.
-    """
-    from ppl_vi.infer_util import full_plates, model_info
-
-    kwargs = dict(kwargs or {})
-    info = info or model_info(model, tuple(args), kwargs)
-    fn = poutine.uncondition(model) if uncondition else model
-    num = len(next(iter(samples.values())))
-    with full_plates(info), torch.no_grad():
-        for s in range(num):
-            values = {k: v[s] for k, v in samples.items() if k in info.latent}
-            yield poutine.trace(poutine.condition(fn, data=values)).get_trace(*args, **kwargs)
-
-
-def site_draws(
-    model, samples: dict, sites, args=(), kwargs=None, info=None, uncondition: bool = False
-) -> dict:
-    """Values of ``sites`` (deterministic or observed) at each draw: name -> ``(S, *shape)``."""
-    out = {name: [] for name in sites}
-    for trace in traces_per_draw(model, samples, args, kwargs, info, uncondition):
-        for name in sites:
-            out[name].append(trace.nodes[name]["value"].detach())
-    return {k: torch.stack(v) for k, v in out.items()}
-
-
-def posterior_predictive(
-    model, samples: dict, args=(), kwargs=None, seed: int | None = 0, info=None
-) -> dict:
-    """Replicated observations: the model's observed sites drawn at each posterior draw.
-
-    Returns observed site name -> tensor ``(S, *obs_shape)``.
-    """
-    from ppl_vi.infer_util import model_info
-    from ppl_vi.result import seeded
-
-    kwargs = dict(kwargs or {})
-    info = info or model_info(model, tuple(args), kwargs)
-    with seeded(seed):
-        return site_draws(model, samples, list(info.observed), args, kwargs, info, uncondition=True)
-
-
-def pointwise_log_likelihood(model, samples: dict, args=(), kwargs=None, info=None) -> dict:
-    """``log p(y_i | theta_s)`` for every observed site, draw ``s`` and datum ``i``.
-
-    Returns observed site name -> array ``(S, *site_batch_shape)`` (the batch dims are the
-    site's plates, so each entry is one conditionally independent observation).
-    """
-    from ppl_vi.infer_util import model_info
-
-    kwargs = dict(kwargs or {})
-    info = info or model_info(model, tuple(args), kwargs)
-    out = {name: [] for name in info.observed}
-    for trace in traces_per_draw(model, samples, args, kwargs, info):
-        for name in info.observed:
-            site = trace.nodes[name]
-            out[name].append(site["fn"].log_prob(site["value"]).detach().cpu().numpy())
-    return {k: np.stack(v) for k, v in out.items()}
-
-
+# ------------------------------------------------------------------------ LOO
 def loo(result, num_samples: int = 1000, seed: int | None = 0):
     """PSIS-LOO expected log predictive density of a fit (VI or NUTS).
 
@@ -263,35 +178,6 @@ def loo(result, num_samples: int = 1000, seed: int | None = 0):
             "n_bad_khat": int((khats >= KHAT_BAD).sum()),
         }
     )
-
-
-def add_posterior_predictive(idata, result, seed: int | None = 0):
-    """Add a ``posterior_predictive`` group (and ``log_likelihood``) to an InferenceData.
-
-    ``result`` is the VI or NUTS result the InferenceData came from; its posterior draws in
-    ``idata`` are reused, so the replicated data belong to the same draws.
-    """
-    post = idata.posterior
-    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-    samples = {
-        k: torch.as_tensor(post[k].values.reshape((n_chain * n_draw,) + post[k].shape[2:]))
-        for k in result.info.latent
-    }
-    draws = posterior_predictive(
-        result.model, samples, result.model_args, result.model_kwargs, seed, result.info
-    )
-    loglik = pointwise_log_likelihood(
-        result.model, samples, result.model_args, result.model_kwargs, result.info
-    )
-    az = _arviz()
-    extra = az.from_dict(
-        posterior_predictive={
-            k: v.cpu().numpy().reshape((n_chain, n_draw) + v.shape[1:]) for k, v in draws.items()
-        },
-        log_likelihood={k: v.reshape((n_chain, n_draw) + v.shape[1:]) for k, v in loglik.items()},
-    )
-    idata.extend(extra)
-    return idata
 
 
 # ------------------------------------------------------------------------ dispersion

@@ -7,8 +7,12 @@ so that results, diagnostics and the ELBO classes agree on what a "particle" is.
 from __future__ import annotations
 
 import contextlib
+import linecache
+import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
@@ -44,6 +48,12 @@ class ModelInfo:
     undeclared : list
         Sites with a batch dim that no plate declares (:func:`undeclared_batch_sites`); such a
         model cannot evaluate particles as one batch.
+    batched : bool
+        Whether draws can be evaluated as one batch over a particle plate; set by the batching
+        probe of a fit (:mod:`ppl_vi.probe`). When False, results draw one at a time.
+    traced : dict
+        Latent and deterministic site name -> shape as traced (subsampled plates at their
+        mini-batch size), for models that can only run on the mini-batch they are given.
     """
 
     name: str
@@ -54,6 +64,8 @@ class ModelInfo:
     subsample_plates: dict = field(default_factory=dict)
     max_plate_nesting: int = 0
     undeclared: list = field(default_factory=list)
+    batched: bool = True
+    traced: dict = field(default_factory=dict)
 
     def fingerprint(self) -> dict:
         """A plain-data summary used to tell whether a saved fit belongs to this model."""
@@ -171,21 +183,26 @@ def feasible_value(site) -> torch.Tensor:
     return transform(torch.zeros(shape)).detach()
 
 
-def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
-    """Trace ``model`` once (latents drawn from the prior, or set to a feasible point when the
-    prior cannot be sampled; parameters isolated) and describe it."""
+def trace_model(model, args: tuple, kwargs: dict):
+    """Trace ``model`` once: latents drawn from the prior, or set to a feasible point when the
+    prior cannot be sampled or a prior draw breaks the model; parameters isolated."""
     with pyro.get_param_store().scope(), torch.no_grad():
         try:
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
+            return poutine.trace(model).get_trace(*args, **kwargs)
         except (NotImplementedError, ValueError, RuntimeError) as err:
             # a prior that cannot be sampled (ImproperUniform), or a prior draw the model cannot
             # use (an explosive ARMA recursion, a kernel matrix that is not positive definite):
             # the structure is the same at a feasible point
             feasible = InitMessenger(improper_safe(init_to_feasible))(model)
             try:
-                trace = poutine.trace(feasible).get_trace(*args, **kwargs)
+                return poutine.trace(feasible).get_trace(*args, **kwargs)
             except Exception:
                 raise err from None
+
+
+def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
+    """Trace ``model`` once (:func:`trace_model`) and describe it."""
+    trace = trace_model(model, args, kwargs)
     info = ModelInfo(
         name=model_name(model),
         max_plate_nesting=plate_nesting(trace),
@@ -207,13 +224,26 @@ def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
         shape = tuple(shape)
         if _is_deterministic(site):
             info.deterministic[name] = shape
+            info.traced[name] = tuple(site["value"].shape)
         elif site["is_observed"]:
             info.observed[name] = site["value"]
         elif not site["infer"].get("is_auxiliary"):
             info.latent[name] = shape
+            info.traced[name] = tuple(site["value"].shape)
             if site["fn"].support.is_discrete:
                 info.discrete.append(name)
     return info
+
+
+def add_subsampling_plates(info: ModelInfo, trace) -> None:
+    """Record the plates that subsample in another trace of the model's program (a guide may
+    subsample a plate that the model declares at full size)."""
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.full_size is not None and frame.full_size != frame.size:
+                info.subsample_plates.setdefault(frame.name, frame.full_size)
 
 
 @contextlib.contextmanager
@@ -276,11 +306,14 @@ def sum_to_particles(value: torch.Tensor, num_particles: int, max_plate_nesting:
     return value.reshape(num_particles, -1).sum(-1)
 
 
-def trace_log_density(trace, num_particles: int, max_plate_nesting: int) -> torch.Tensor:
-    """Per-particle total log density of all sample sites of a trace, ``(num_particles,)``."""
+def trace_log_density(
+    trace, num_particles: int, max_plate_nesting: int, skip: set | None = None
+) -> torch.Tensor:
+    """Per-particle total log density of the sample sites of a trace (except ``skip``),
+    ``(num_particles,)``."""
     total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not (skip and name in skip):
             total = total + sum_to_particles(site["log_prob"], num_particles, max_plate_nesting)
     if not torch.is_tensor(total):
         return torch.zeros(num_particles)
@@ -324,3 +357,108 @@ def first_nonfinite_site(traces) -> str | None:
             if torch.is_tensor(log_prob) and not torch.isfinite(log_prob).all():
                 return f"sample site '{name}' (non-finite log density in the {label})"
     return None
+
+
+# ------------------------------------------------------------------------ user code lines
+#: Folders of the libraries whose frames are not "the user's code" in error messages.
+LIBRARY_DIRS = tuple(
+    str(Path(m.__file__).resolve().parent)
+    for m in (torch, pyro, sys.modules[__name__.split(".")[0]])
+) + (str(Path(sysconfig.get_paths()["stdlib"]).resolve()),)
+
+
+def is_user_file(filename: str | None) -> bool:
+    if not filename or filename.startswith("<frozen"):
+        return False
+    try:
+        return not str(Path(filename).resolve()).startswith(LIBRARY_DIRS)
+    except OSError:
+        return True
+
+
+def _where(filename: str, lineno: int) -> str:
+    line = linecache.getline(filename, lineno).strip()
+    place = f"{Path(filename).name}:{lineno}"
+    return f"{place}: `{line}`" if line else place
+
+
+def user_line(exc: BaseException) -> str | None:
+    """``file:line: `source``` of the deepest frame of ``exc``'s traceback in user code."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if is_user_file(code.co_filename):
+            found = (code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return _where(*found) if found else None
+
+
+def caller_line(depth_limit: int = 60) -> str | None:
+    """``file:line: `source``` of the innermost frame of the current stack in user code."""
+    frame = sys._getframe(1)
+    for _ in range(depth_limit):
+        if frame is None:
+            return None
+        if is_user_file(frame.f_code.co_filename):
+            return _where(frame.f_code.co_filename, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+# ------------------------------------------------------------------ draws, batched or not
+def _proposal_sites(model_trace, guide_trace) -> set:
+    """Model sites the guide does not sample: the model draws them from its prior, so they are
+    part of the proposal and cancel from the importance weight."""
+    return {
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not isinstance(site["fn"], _Subsample)
+        and name not in guide_trace.nodes
+    }
+
+
+def single_traces(model, guide, args, kwargs):
+    """One unbatched draw: ``(model_trace, guide_trace)``, subsample sites pruned, log
+    probabilities computed."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def draws(model, guide, args, kwargs, num: int, info: ModelInfo, names: dict):
+    """``num`` draws from the guide with the model replayed on them.
+
+    Returns ``(values, log_p, log_q)``: site name -> ``(num, *shape)`` for ``names`` (name ->
+    shape of one value), and the model's and the guide's log densities ``(num,)``. Model sites
+    the guide does not sample (drawn from the model's prior) are left out of ``log_p``, so that
+    ``log_p - log_q`` is a proper importance weight. Evaluated as one batch over a particle
+    plate when ``info.batched``, else one draw at a time.
+    """
+    mpn = info.max_plate_nesting
+    if info.batched:
+        model_trace, guide_trace = particle_traces(model, guide, args, kwargs, num, mpn)
+        skip = _proposal_sites(model_trace, guide_trace)
+        values = site_values(model_trace, names, num)
+        return (
+            {k: v.detach().clone() for k, v in values.items()},  # never views of parameters
+            trace_log_density(model_trace, num, mpn, skip),
+            trace_log_density(guide_trace, num, mpn),
+        )
+    values = {name: [] for name in names}
+    log_p, log_q = [], []
+    for _ in range(num):
+        model_trace, guide_trace = single_traces(model, guide, args, kwargs)
+        skip = _proposal_sites(model_trace, guide_trace)
+        for name, shape in names.items():
+            values[name].append(model_trace.nodes[name]["value"].detach().reshape(shape).clone())
+        log_p.append(trace_log_density(model_trace, 1, mpn, skip))
+        log_q.append(trace_log_density(guide_trace, 1, mpn))
+    stacked = {name: torch.stack(v) for name, v in values.items()}
+    return stacked, torch.cat(log_p), torch.cat(log_q)

@@ -1,14 +1,39 @@
-"""Saving and loading fits and checkpoints: atomic writes, readable errors."""
+"""Files ppl-vi writes: results, checkpoints and NUTS runs.
+
+Every file is a ``torch.save`` of plain data (loaded with ``weights_only=True``, so loading
+never runs code) carrying a header (format, kind, version) and a SHA-256 checksum of its
+content. Writes are atomic (temporary file, fsync, rename) and read back before the call
+returns, so a file ppl-vi wrote is one it can read. Any file that cannot be used (unreadable,
+damaged, edited, of another kind, or from a newer version) raises :class:`CheckpointError`
+and is left untouched.
+"""
 
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
-import zipfile
+import secrets
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from ppl_vi.errors import CheckpointError
+from ppl_vi.fingerprint import _site_differences, digest
+
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "check_model",
+    "check_writable",
+    "clean_stale_temp_files",
+    "header",
+    "plain_data",
+    "read",
+    "restore_params",
+    "saved_data",
+    "to_cpu",
+]
 
 FORMAT = "ppl_vi"
 #: Which call reads each kind of file.
@@ -17,68 +42,167 @@ _READERS = {
     "checkpoint": "fit(checkpoint=...)",
     "nuts": "ppl_vi.load_nuts",
 }
-VERSION = 1
+#: Keys every file of a kind must hold (checked after the checksum).
+_REQUIRED = {
+    "result": ("model", "guide", "elbo", "params", "losses"),
+    "checkpoint": ("fingerprint", "params", "optim", "rng", "loop"),
+    "nuts": ("model", "chains", "diverging", "settings"),
+}
+#: 2: checksums, fingerprints of data and settings in checkpoints.
+VERSION = 2
 
 
-class CheckpointError(RuntimeError):
-    """A saved file cannot be used: unreadable, of another kind, or written for another fit."""
+def header(kind: str) -> dict:
+    return {"format": FORMAT, "version": VERSION, "kind": kind}
+
+
+# ---------------------------------------------------------------------------- writing
+def _temp_path(path: Path) -> Path:
+    return path.parent / f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temp_files(path: str | os.PathLike, max_age_s: float = 600.0) -> list[Path]:
+    """Remove temporary files that killed writes of ``path`` left behind.
+
+    A temporary file names the process that wrote it; it is stale when that process no longer
+    runs (or, for names without a process id, when it is older than ``max_age_s``).
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
+        parts = tmp.name[len(path.name) + 1 : -len(".tmp")].split(".")
+        try:
+            stale = parts[0].isdigit() and int(parts[0]) != os.getpid()
+            stale = stale and not _pid_alive(int(parts[0]))
+            if not parts[0].isdigit():
+                stale = time.time() - tmp.stat().st_mtime > max_age_s
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Make sure a file can be written at ``path`` before any work is done for it.
+
+    Creates missing parent folders and writes (then removes) a probe file there; raises
+    ``ValueError`` naming ``what`` (e.g. ``"checkpoint"``) otherwise.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} must be a file path, not a folder (got '{path}')")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = _temp_path(path)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"cannot write the {what} '{path}' ({type(e).__name__}: {e.strerror or e}); choose "
+            "a folder you can write to"
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"the {what} '{path}' exists and is read-only; choose another path")
+    return path
 
 
 def atomic_save(payload: dict, path: str | os.PathLike) -> None:
-    """Write ``payload`` with ``torch.save`` so that ``path`` is either the old or the new file.
+    """Write ``payload`` with its checksum so that ``path`` is either the old or the new file,
+    then read it back (raising :class:`CheckpointError` if that fails).
 
     The data goes to a temporary file in the same folder, is flushed to disk, and then replaces
-    ``path`` in one rename; an interrupted write never leaves a truncated file behind.
+    ``path`` in one rename; an interrupted write never leaves a truncated file behind, and
+    temporary files of killed writes are removed on the next write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    clean_stale_temp_files(path)
+    payload = {k: v for k, v in payload.items() if k != "checksum"}
+    payload["checksum"] = digest(payload)
+    tmp = _temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
+    read(path, payload["kind"])  # a file ppl-vi writes is one it can read
 
 
+# ---------------------------------------------------------------------------- reading
 def read(path: str | os.PathLike, kind: str) -> dict:
-    """Load a file written by :func:`atomic_save` and check that it holds a ppl-vi ``kind``.
+    """Load a file written by :func:`atomic_save` and check that it is an intact ``kind``.
 
-    Only plain data is unpickled (``weights_only=True``): loading never runs code.
+    Only plain data is unpickled (``weights_only=True``): loading never runs code. Raises
+    ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for anything else
+    that makes it unusable.
     """
     path = Path(path)
-    what = "checkpoint" if kind == "checkpoint" else "saved result"
+    what = {"checkpoint": "checkpoint", "result": "saved result"}.get(kind, "saved file")
+    untouched = "It was left untouched; move it away or pass another path."
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at '{path}'")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - every way a foreign or damaged file can fail
         detail = (str(e).splitlines() or [""])[0][:160]
         raise CheckpointError(
             f"cannot read the {what} at '{path}' ({type(e).__name__}: {detail}). The file may be "
-            "truncated or not written by ppl-vi. It was left untouched; move it away or pass "
-            "another path."
+            f"truncated, damaged or not written by ppl-vi. {untouched}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"'{path}' is not a ppl-vi file (no ppl-vi header found). It was left untouched; "
-            "move it away or pass another path."
-        )
+        raise CheckpointError(f"'{path}' is not a ppl-vi file (no ppl-vi header). {untouched}")
+    version = payload.get("version")
     if payload.get("kind") != kind:
         raise CheckpointError(
             f"'{path}' holds a ppl-vi {payload.get('kind')!r}, not a {kind!r}. Use "
             f"{_READERS.get(payload.get('kind'), 'the matching reader')} for it, or pass another "
             "path."
         )
-    if payload.get("version", 0) > VERSION:
+    if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"'{path}' was written by a newer ppl-vi (file version {payload['version']}, "
-            f"this version reads up to {VERSION}); upgrade ppl-vi to read it."
+            f"'{path}' was written by a newer ppl-vi (file version {version!r}, this version "
+            f"reads up to {VERSION}); upgrade ppl-vi to read it."
         )
+    if version >= 2:
+        stored = payload.get("checksum")
+        body = {k: v for k, v in payload.items() if k != "checksum"}
+        try:
+            actual = digest(body)
+        except Exception:  # noqa: BLE001 - content of an unexpected type
+            actual = None
+        if stored != actual:
+            raise CheckpointError(
+                f"'{path}' does not match its checksum: it was edited or damaged after ppl-vi "
+                f"wrote it. {untouched}"
+            )
+    elif kind == "checkpoint":
+        raise CheckpointError(
+            f"'{path}' was written by an older ppl-vi (file version {version}) that did not "
+            "record which data and settings it belongs to, so it cannot be resumed safely. "
+            "Pass resume='restart' to overwrite it, or another checkpoint path."
+        )
+    missing = [key for key in _REQUIRED[kind] if key not in payload]
+    if missing:
+        raise CheckpointError(f"'{path}' is incomplete (no {missing}). {untouched}")
     return payload
 
 
@@ -89,7 +213,7 @@ def saved_data(payload: dict, path, model_args: tuple, model_kwargs: dict, reade
     """
     if model_args or model_kwargs:
         return tuple(model_args), dict(model_kwargs)
-    if payload["args"] is None:
+    if payload.get("args") is None:
         raise ValueError(
             f"'{path}' does not contain the model's data (they were not plain tensors or "
             f"numbers); pass them: {reader}(path, model, *args, **kwargs)"
@@ -105,6 +229,12 @@ def check_model(payload: dict, path, info, what: str) -> None:
             f"'{path}' was saved for model {payload['model']['name']} and does not fit the model "
             f"given ({info.name}): {mismatch}. Load it with the model it was {what}."
         )
+
+
+def describe_mismatch(saved: dict, current: dict) -> str | None:
+    """Compare two models' sample sites; return a sentence saying how they differ, or None."""
+    parts = _site_differences(saved, current)
+    return "; ".join(parts) or None
 
 
 def restore_params(saved: dict, device, source: str) -> None:
@@ -128,35 +258,9 @@ def restore_params(saved: dict, device, source: str) -> None:
             store._params[name].copy_(value.to(device))
 
 
-def header(kind: str) -> dict:
-    return {"format": FORMAT, "version": VERSION, "kind": kind}
-
-
-def describe_mismatch(saved: dict, current: dict) -> str | None:
-    """Compare two model fingerprints; return a sentence saying how they differ, or None."""
-    if saved["latent"] == current["latent"] and saved["observed"] == current["observed"]:
-        return None
-    parts = []
-    missing = sorted(set(saved["latent"]) - set(current["latent"]))
-    extra = sorted(set(current["latent"]) - set(saved["latent"]))
-    if missing:
-        parts.append(f"sites {missing} are missing from the model given")
-    if extra:
-        parts.append(f"the model given has new latent sites {extra}")
-    for name in sorted(set(saved["latent"]) & set(current["latent"])):
-        if saved["latent"][name] != current["latent"][name]:
-            parts.append(
-                f"site '{name}' has shape {tuple(current['latent'][name])}, saved "
-                f"{tuple(saved['latent'][name])}"
-            )
-    if saved["observed"] != current["observed"]:
-        parts.append(f"observed sites {current['observed']} differ from saved {saved['observed']}")
-    return "; ".join(parts)
-
-
-def plain_data(obj):
+def plain_data(obj) -> bool:
     """True if ``obj`` is made only of tensors, numbers, strings, None and containers of them."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, np.generic)):
         return True
     if isinstance(obj, (list, tuple)):
         return all(plain_data(x) for x in obj)
@@ -166,10 +270,41 @@ def plain_data(obj):
 
 
 def to_cpu(obj):
+    """Tensors detached on the CPU, numpy scalars as Python numbers, containers recursed."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(x) for x in obj)
     if isinstance(obj, dict):
         return {k: to_cpu(v) for k, v in obj.items()}
     return obj
+
+
+def rng_to_plain(state: dict) -> dict:
+    """A generator state (:func:`ppl_vi.runtime.rng_state`) as data ``weights_only`` can load."""
+    out = {"torch": state["torch"].clone()}
+    if "random" in state:
+        version, internal, gauss = state["random"]
+        out["random"] = (version, torch.tensor(internal, dtype=torch.int64), gauss)
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        out["numpy"] = (name, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, cached)
+    if "cuda" in state:
+        out["cuda"] = {int(k): v.clone() for k, v in state["cuda"].items()}
+    return out
+
+
+def rng_from_plain(plain: dict) -> dict:
+    """Inverse of :func:`rng_to_plain`."""
+    out = {"torch": plain["torch"]}
+    if "random" in plain:
+        version, internal, gauss = plain["random"]
+        out["random"] = (version, tuple(int(x) for x in internal.tolist()), gauss)
+    if "numpy" in plain:
+        name, keys, pos, has_gauss, cached = plain["numpy"]
+        out["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    if "cuda" in plain:
+        out["cuda"] = dict(plain["cuda"])
+    return out

@@ -12,9 +12,11 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 
-from ppl_vi import io
+from ppl_vi import data, io
 from ppl_vi.infer_util import device_context, improper_safe, model_info
-from ppl_vi.result import _arviz, seeded
+from ppl_vi.predictive import add_posterior_predictive, site_draws
+from ppl_vi.runtime import LOCK, seeded
+from ppl_vi.stats import arviz as _arviz
 
 __all__ = ["NUTSResult", "run_nuts", "load_nuts"]
 
@@ -92,8 +94,6 @@ def run_nuts(
     >>> nuts.samples["mu"].shape
     torch.Size([100])
     """
-    from ppl_vi.fit import move_to_device, resolve_device
-
     _check_count("num_warmup", num_warmup, 0)
     _check_count("num_samples", num_samples, 1)
     _check_count("num_chains", num_chains, 1)
@@ -103,10 +103,9 @@ def run_nuts(
         )
     if init_values is not None and init_strategy is not None:
         raise ValueError("pass either init_values or init_strategy, not both")
-    dev = resolve_device(device)
-    args = move_to_device(tuple(args), dev)
-    kwargs = move_to_device(dict(kwargs), dev)
-    with device_context(dev):
+    dev = data.resolve_device(device)
+    args, kwargs = data.prepare(tuple(args), dict(kwargs), dev, model)
+    with LOCK, device_context(dev):
         info = model_info(model, args, kwargs)
     if info.discrete:
         raise ValueError(
@@ -142,7 +141,7 @@ def run_nuts(
         disable_progbar=not progress,
         mp_context="spawn" if dev.type == "cuda" and num_chains > 1 else None,
     )
-    with seeded(seed), device_context(dev), warnings.catch_warnings():
+    with LOCK, seeded(seed), device_context(dev), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
         start = time.perf_counter()
         mcmc.run(*args, **kwargs)
@@ -150,8 +149,6 @@ def run_nuts(
     grouped = mcmc.get_samples(group_by_chain=True)  # (chain, draw, ...)
     chains = {k: v.detach() for k, v in grouped.items()}
     if info.deterministic:
-        from ppl_vi.diagnostics import site_draws
-
         flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in chains.items()}
         with device_context(dev):
             extra = site_draws(model, flat, list(info.deterministic), args, kwargs, info)
@@ -275,8 +272,6 @@ class NUTSResult:
             attrs={"inference_library": "ppl_vi", "method": "NUTS (pyro.infer.MCMC)"},
         )
         if posterior_predictive and observed:
-            from ppl_vi.diagnostics import add_posterior_predictive
-
             add_posterior_predictive(idata, self, seed=seed)
         return idata
 
@@ -315,7 +310,9 @@ def load_nuts(path: str | os.PathLike, model: Callable, *model_args, **model_kwa
     model_args, model_kwargs = io.saved_data(
         payload, path, model_args, model_kwargs, "ppl_vi.load_nuts"
     )
-    info = model_info(model, model_args, model_kwargs)
+    model_args, model_kwargs = data.prepare(tuple(model_args), dict(model_kwargs), "cpu", model)
+    with LOCK:
+        info = model_info(model, model_args, model_kwargs)
     io.check_model(payload, path, info, "sampled from")
     return NUTSResult(
         model=model,

@@ -13,40 +13,15 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ppl_vi import io
-from ppl_vi.infer_util import (
-    ModelInfo,
-    device_context,
-    full_plates,
-    model_info,
-    particle_traces,
-    site_values,
-    trace_log_density,
-)
+from ppl_vi import data, io
+from ppl_vi.infer_util import ModelInfo, device_context, draws, full_plates, model_info
+from ppl_vi.predictive import add_posterior_predictive
+from ppl_vi.resolve import resolve_guide
+from ppl_vi.runtime import LOCK, seeded
+from ppl_vi.stats import arviz as _arviz
+from ppl_vi.stats import psis
 
 CHUNK = 1000  # particles per vectorized pass when drawing many samples
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None):
-    """Seed Pyro's generators inside the block and restore the previous state afterwards."""
-    if seed is None:
-        yield
-        return
-    state = pyro.util.get_rng_state()
-    pyro.set_rng_seed(seed)
-    try:
-        yield
-    finally:
-        pyro.util.set_rng_state(state)
-
-
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
-        import arviz
-
-    return arviz
 
 
 class VIResult:
@@ -88,12 +63,16 @@ class VIResult:
         elbo_spec: dict | None = None,
         wall_time: float = float("nan"),
         seed: int | None = None,
+        live: dict | None = None,
     ):
         self.model = model
         self.guide = guide
         self.model_args = tuple(model_args)
         self.model_kwargs = dict(model_kwargs)
-        self._param_state = param_state
+        # the result owns copies: a later fit that reuses the guide cannot change them
+        self._params = {k: v.detach().clone() for k, v in param_state["params"].items()}
+        self._constraints = dict(param_state["constraints"])
+        self._live = dict(live) if live is not None else {}
         self.info = info
         self.losses = np.asarray(losses, dtype=np.float64)
         self.num_steps = len(self.losses)
@@ -104,6 +83,32 @@ class VIResult:
         self.elbo_spec = elbo_spec or {"name": None, "class": None}
         self.wall_time = wall_time
         self.seed = seed
+        self._full_data = True
+
+    @classmethod
+    def from_state(cls, state, engine, wall_time: float = float("nan")) -> VIResult:
+        """The result of a :class:`~ppl_vi.engine.Engine` run at ``state`` (parameters copied,
+        with the final phase's averages where it averaged)."""
+        return cls(
+            model=engine.model,
+            guide=engine.guide,
+            model_args=engine.args,
+            model_kwargs=engine.kwargs,
+            param_state={
+                "params": state.final_params(),
+                "constraints": state.param_state["constraints"],
+            },
+            live=state.params,
+            info=engine.info,
+            losses=state.losses,
+            converged=state.converged,
+            interrupted=state.interrupted,
+            device=engine.device,
+            guide_spec=engine.guide_spec,
+            elbo_spec=engine.elbo_spec,
+            wall_time=wall_time,
+            seed=engine.seed,
+        )
 
     def __repr__(self) -> str:
         name = self.guide_spec.get("name") or self.guide_spec.get("class")
@@ -119,9 +124,37 @@ class VIResult:
     # ------------------------------------------------------------------ parameters
     @contextlib.contextmanager
     def param_scope(self):
-        """Make this fit's parameters the active Pyro parameter store inside the block."""
-        with pyro.get_param_store().scope(state=self._param_state), device_context(self.device):
-            yield
+        """Make this fit's parameters the active Pyro parameter store inside the block.
+
+        The guide reads its parameters through the tensors it was trained with (a ``PyroModule``
+        or ``pyro.module`` guide keeps references to them); the fitted values are copied into
+        those tensors for the block, changes made in the block are kept by this result, and the
+        tensors' previous values are put back afterwards (so a later fit that reuses the guide
+        and this result never share values).
+        """
+        with LOCK:
+            scope, saved = {}, {}
+            with torch.no_grad():
+                for name, value in self._params.items():
+                    live = self._live.get(name)
+                    if _same_layout(live, value):
+                        saved[name] = live.detach().clone()
+                        live.copy_(value)
+                        scope[name] = live
+                    else:
+                        scope[name] = value
+            state = {"params": scope, "constraints": dict(self._constraints)}
+            try:
+                with pyro.get_param_store().scope(state=state), device_context(self.device):
+                    yield
+            finally:
+                with torch.no_grad():
+                    for name, value in state["params"].items():
+                        if name in saved or name not in self._params:
+                            self._params[name] = value.detach().clone()
+                    self._constraints.update(state["constraints"])
+                    for name, value in saved.items():
+                        self._live[name].copy_(value)
 
     @property
     def params(self) -> dict:
@@ -139,16 +172,49 @@ class VIResult:
             yield n
             num -= n
 
-    def _traces(self, n: int):
-        with full_plates(self.info), torch.no_grad():
-            return particle_traces(
-                self.model,
-                self.guide,
-                self.model_args,
-                self.model_kwargs,
-                n,
-                self.info.max_plate_nesting,
-            )
+    def _draws(self, num_samples: int, seed: int | None):
+        """Draws from the guide, with their model and guide log densities.
+
+        Returns ``(samples, log_p, log_q)``: site name -> ``(num_samples, *shape)`` for every
+        latent and deterministic site, and ``(num_samples,)`` log densities. Plates that
+        subsample during the fit are drawn at full size (log densities of the full data); a
+        model that can only run on the mini-batch it was given (explicit ``subsample=``
+        indices) is drawn at that mini-batch, with a warning. Draws are evaluated as one batch
+        per chunk when the model broadcasts over a batch dim (the fit's batching probe), else
+        one at a time.
+        """
+        if self._full_data:
+            try:
+                return self._draw_chunks(num_samples, seed, full=True)
+            except Exception as e:
+                if not self.info.subsample_plates:
+                    raise
+                self._full_data = False
+                warnings.warn(
+                    f"the model cannot be run with its subsampled plates "
+                    f"{sorted(self.info.subsample_plates)} at full size ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:160]}); draws and log densities use the "
+                    "mini-batch the model was given",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return self._draw_chunks(num_samples, seed, full=False)
+
+    def _draw_chunks(self, num_samples: int, seed: int | None, full: bool):
+        info = self.info
+        names = {**info.latent, **info.deterministic} if full else dict(info.traced)
+        plates = full_plates(info) if full else contextlib.nullcontext()
+        parts, log_p, log_q = [], [], []
+        with self.param_scope(), seeded(seed), plates, torch.no_grad():
+            for n in self._chunks(num_samples):
+                values, lp, lq = draws(
+                    self.model, self.guide, self.model_args, self.model_kwargs, n, info, names
+                )
+                parts.append(values)
+                log_p.append(lp)
+                log_q.append(lq)
+        samples = {k: torch.cat([p[k] for p in parts]) for k in names}
+        return samples, torch.cat(log_p), torch.cat(log_q)
 
     def sample(self, num_samples: int = 1000, seed: int | None = None) -> dict:
         """Draw from the fitted guide.
@@ -160,42 +226,18 @@ class VIResult:
             and every ``pyro.deterministic`` site of the model. Plates that subsample during the
             fit are drawn at full size.
         """
-        names = {**self.info.latent, **self.info.deterministic}
-        parts = []
-        with self.param_scope(), seeded(seed):
-            for n in self._chunks(num_samples):
-                model_trace, _ = self._traces(n)
-                parts.append(site_values(model_trace, names, n))
-        return {k: torch.cat([p[k] for p in parts]) for k in names}
+        return self._draws(num_samples, seed)[0]
 
     def log_weights(self, num_samples: int = 1000, seed: int | None = None):
         """Log densities of draws from the guide: ``(log_p, log_q)``, each ``(num_samples,)``.
 
         ``log_p`` is the model's joint log density :math:`\\log p(x, z)` (full data) and
         ``log_q`` the guide's :math:`\\log q(z)`; ``log_p - log_q`` are importance log weights.
+        Latent sites that the guide does not sample (the model draws them from its prior) are
+        part of the proposal and left out of ``log_p``.
         """
-        log_p, log_q = [], []
-        with self.param_scope(), seeded(seed):
-            for n in self._chunks(num_samples):
-                model_trace, guide_trace = self._traces(n)
-                mpn = self.info.max_plate_nesting
-                log_p.append(trace_log_density(model_trace, n, mpn))
-                log_q.append(trace_log_density(guide_trace, n, mpn))
-        return torch.cat(log_p), torch.cat(log_q)
-
-    def _draws(self, num_samples: int, seed: int | None):
-        """Samples and their log weights from the same guide draws."""
-        names = {**self.info.latent, **self.info.deterministic}
-        samples, log_p, log_q = [], [], []
-        mpn = self.info.max_plate_nesting
-        with self.param_scope(), seeded(seed):
-            for n in self._chunks(num_samples):
-                model_trace, guide_trace = self._traces(n)
-                samples.append(site_values(model_trace, names, n))
-                log_p.append(trace_log_density(model_trace, n, mpn))
-                log_q.append(trace_log_density(guide_trace, n, mpn))
-        samples = {k: torch.cat([p[k] for p in samples]) for k in names}
-        return samples, torch.cat(log_p), torch.cat(log_q)
+        _, log_p, log_q = self._draws(num_samples, seed)
+        return log_p, log_q
 
     # ------------------------------------------------------------------ diagnostics
     def to_inference_data(
@@ -222,8 +264,6 @@ class VIResult:
         )
         idata.sample_stats["loss"] = ("step", self.losses)
         if posterior_predictive and observed:
-            from ppl_vi.diagnostics import add_posterior_predictive
-
             add_posterior_predictive(idata, self, seed=seed)
         return idata
 
@@ -244,17 +284,18 @@ class VIResult:
         """Pareto k-hat of the importance weights p(x, z)/q(z) (Yao et al. 2018).
 
         Below 0.5 the guide is close enough for importance sampling to be reliable; 0.5-0.7 is
-        usable with care; above 0.7 the approximation should not be trusted.
+        usable with care; above 0.7 the approximation should not be trusted. NaN, with a
+        warning, when it cannot be estimated: fewer than
+        :data:`~ppl_vi.stats.MIN_PSIS_DRAWS` draws, or a point-mass guide (``AutoDelta``:
+        MAP or maximum likelihood), whose draws are not a distribution to weight.
 
         References
         ----------
         Yao, Y., Vehtari, A., Simpson, D. & Gelman, A. (2018). Yes, but did it work?:
         Evaluating variational inference. ICML.
         """
-        from ppl_vi.diagnostics import psis  # diagnostics imports this module
-
-        log_p, log_q = self.log_weights(num_samples, seed)
-        return psis((log_p - log_q).detach().cpu().double().numpy())[1]
+        samples, log_p, log_q = self._draws(num_samples, seed)
+        return self._psis(samples, log_p, log_q)[1]
 
     def importance_means(
         self, num_samples: int = 16000, seed: int | None = None
@@ -278,16 +319,29 @@ class VIResult:
         Vehtari, A., Simpson, D., Gelman, A., Yao, Y. & Gabry, J. (2024). Pareto smoothed
         importance sampling. JMLR 25(72).
         """
-        from ppl_vi.diagnostics import psis  # diagnostics imports this module
-
         samples, log_p, log_q = self._draws(num_samples, seed)
-        smoothed, khat = psis((log_p - log_q).detach().cpu().double().numpy())
+        smoothed, khat = self._psis(samples, log_p, log_q)
         weights = torch.as_tensor(np.exp(smoothed))  # normalised: logsumexp 0
         means = {}
         for name, value in samples.items():
             flat = value.detach().cpu().double().reshape(value.shape[0], -1)
             means[name] = (weights @ flat).reshape(value.shape[1:]).to(value.dtype)
         return means, khat
+
+    def _psis(self, samples: dict, log_p, log_q):
+        """PSIS of the draws' log weights; NaN k-hat (with a warning) for a point-mass guide."""
+        smoothed, khat = psis((log_p - log_q).detach().cpu().double().numpy())
+        continuous = [samples[k] for k in self.info.latent if samples[k].is_floating_point()]
+        if len(log_p) > 1 and continuous and all(bool((v == v[:1]).all()) for v in continuous):
+            warnings.warn(
+                "every draw from the guide is the same point (a point-mass guide such as "
+                "AutoDelta: MAP or maximum likelihood), so importance weights and k-hat do not "
+                "apply; k-hat is NaN",
+                UserWarning,
+                stacklevel=3,
+            )
+            return smoothed, math.nan
+        return smoothed, khat
 
     def log_marginal_likelihood(self, num_particles: int = 1000, seed: int | None = None) -> float:
         r"""Importance-sampled estimate of :math:`\log p(x)` with the guide as proposal.
@@ -303,14 +357,20 @@ class VIResult:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Save the fitted parameters, loss history and model data to ``path`` (atomically)."""
+        """Save the fitted parameters, loss history and model data to ``path``.
+
+        The write is atomic and read back (checksum included) before returning. The model's
+        data are stored when they are plain (tensors, numbers, strings and containers of them);
+        otherwise :func:`ppl_vi.load` needs them again.
+        """
         data_saved = io.plain_data(self.model_args) and io.plain_data(self.model_kwargs)
         payload = {
             **io.header("result"),
             "model": self.info.fingerprint(),
+            "batched": self.info.batched,
             "guide": self.guide_spec,
             "elbo": self.elbo_spec,
-            "params": {k: v.detach().cpu() for k, v in self._param_state["params"].items()},
+            "params": {k: v.detach().cpu() for k, v in self._params.items()},
             "losses": torch.as_tensor(self.losses, dtype=torch.float64),
             "converged": self.converged,
             "interrupted": self.interrupted,
@@ -320,6 +380,15 @@ class VIResult:
             "kwargs": io.to_cpu(self.model_kwargs) if data_saved else None,
         }
         io.atomic_save(payload, path)
+
+
+def _same_layout(live, value: torch.Tensor) -> bool:
+    return (
+        isinstance(live, torch.Tensor)
+        and live.shape == value.shape
+        and live.dtype == value.dtype
+        and live.device == value.device
+    )
 
 
 def load(
@@ -332,15 +401,13 @@ def load(
     other guide pass a fresh instance as ``guide=``. A file saved for another model (different
     latent sites) raises :class:`~ppl_vi.io.CheckpointError`.
     """
-    from ppl_vi.fit import move_to_device, resolve_device, resolve_guide
-
     payload = io.read(path, "result")
-    dev = resolve_device(device)
+    dev = data.resolve_device(device)
     model_args, model_kwargs = io.saved_data(payload, path, model_args, model_kwargs, "ppl_vi.load")
-    args = move_to_device(tuple(model_args), dev)
-    kwargs = move_to_device(dict(model_kwargs), dev)
-    with device_context(dev):
+    args, kwargs = data.prepare(tuple(model_args), dict(model_kwargs), dev, model)
+    with LOCK, device_context(dev):
         info = model_info(model, args, kwargs)
+    info.batched = bool(payload.get("batched", True))
     io.check_model(payload, path, info, "fitted to")
     if payload["model"]["name"] != info.name:
         warnings.warn(
@@ -359,7 +426,7 @@ def load(
         guide_kwargs = spec.get("config") or {}
     else:
         guide_kwargs = None
-    with pyro.get_param_store().scope() as param_state, device_context(dev):
+    with LOCK, pyro.get_param_store().scope() as param_state, device_context(dev):
         guide_obj, guide_spec = resolve_guide(guide, model, guide_kwargs)
         with poutine.block(), torch.no_grad():
             guide_obj(*args, **kwargs)
@@ -370,6 +437,7 @@ def load(
         model_args=args,
         model_kwargs=kwargs,
         param_state=param_state,
+        live=param_state["params"],
         info=info,
         losses=payload["losses"].numpy(),
         converged=payload["converged"],

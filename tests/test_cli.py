@@ -83,8 +83,20 @@ def test_bad_option_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_demo_writes_a_report(tmp_path):
-    main(["demo", "--out", str(tmp_path), "--steps", "300", "--warmup", "100", "--draws", "100",
-          "--no-progress"])
+    main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "300",
+            "--warmup",
+            "100",
+            "--draws",
+            "100",
+            "--no-progress",
+        ]
+    )
     report = (tmp_path / "report.md").read_text()
     assert "| tau " in report and "PSIS k-hat" in report
     for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE", "full-rank + ELBO"):
@@ -92,3 +104,81 @@ def test_demo_writes_a_report(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 10_000
     for method in ("mean_field_elbo", "iaf_elbo", "mean_field_iwae", "full_rank_elbo"):
         assert (tmp_path / f"compare_{method}.png").stat().st_size > 10_000
+
+
+def test_fit_checks_the_output_folder_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(
+        [
+            "fit",
+            "models.normal_normal",
+            "--steps",
+            "50",
+            "--no-progress",
+            "--out",
+            str(blocker / "run"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot write the --out folder's result file" in err and "fit" not in err.split(":")[0]
+
+
+def test_fit_with_numpy_scalar_data_writes_a_result_that_loads(tmp_path):
+    source = tmp_path / "noisy.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import pyro
+            import pyro.distributions as dist
+
+            def model(x, noise):
+                mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+                with pyro.plate("data", len(x)):
+                    pyro.sample("x", dist.Normal(mu, noise), obs=x)
+
+            def load_data():
+                x = np.random.default_rng(0).normal(1.0, 2.0, size=30)
+                return {"x": x, "noise": np.std(x)}
+            """
+        )
+    )
+    out = tmp_path / "noisy"
+    assert main(["fit", str(source), "--steps", "100", "--no-progress", "--out", str(out)]) == 0
+    module = {}
+    exec(source.read_text(), module)  # noqa: S102 - the user's model file
+    loaded = ppl_vi.load(out / "result.pt", module["model"])
+    assert isinstance(loaded.model_kwargs["noise"], float)
+
+
+def test_fit_failure_writes_the_partial_fit(tmp_path, capsys):
+    source = tmp_path / "late.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            import pyro
+            import pyro.distributions as dist
+            import torch
+
+            CALLS = [0]
+
+            def model(x):
+                CALLS[0] += 1
+                mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+                scale = torch.tensor(float("nan")) if CALLS[0] > 60 else torch.tensor(1.0)
+                with pyro.plate("data", len(x)):
+                    pyro.sample("x", dist.Normal(mu, scale), obs=x)
+
+            def load_data():
+                return {"x": torch.zeros(5)}
+            """
+        )
+    )
+    out = tmp_path / "late"
+    assert main(["fit", str(source), "--steps", "200", "--no-progress", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "wrote the fit up to step" in err
+    losses = pd.read_csv(out / "losses.csv")
+    assert 40 < len(losses) < 60

@@ -15,10 +15,10 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled
+from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, torch_item
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
-from pyro.util import check_if_enumerated
+from pyro.util import check_if_enumerated, warn_if_nan
 
 
 @dataclass
@@ -65,12 +65,65 @@ def _squeeze_after_first(value: torch.Tensor) -> torch.Tensor:
     return value.reshape(keep)
 
 
-class ParticleELBO(ELBO):
+def _align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcast two ``(K, ...)`` tensors with the particle dims aligned (left), not the last.
+
+    One particle's model and guide sums can keep different numbers of size-1 dims (a site
+    summed over a plate keeps that dim, a site outside every plate has none); aligning them
+    from the right would pair particle ``k`` of one with datum ``k`` of the other.
+    """
+    rank = max(a.dim(), b.dim())
+    a = a.reshape(a.shape + (1,) * (rank - a.dim()))
+    b = b.reshape(b.shape + (1,) * (rank - b.dim()))
+    return torch.broadcast_tensors(a, b)
+
+
+class SurrogateELBO(ELBO):
+    """An ELBO defined by one hook, :meth:`loss_and_surrogate`: the loss estimate and a scalar
+    whose gradient is the estimator.
+
+    ``loss``, ``loss_and_grads`` and ``differentiable_loss`` (what ``pyro.infer.SVI`` and
+    ``pyro.infer.ELBO`` users call) and the compiled path (:class:`ppl_vi.jit.JitELBO`) are all
+    derived from it here, once.
+    """
+
+    retain_graph = None
+
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """``(loss, surrogate)`` tensors: the loss (-ELBO estimate, or the objective of a
+        non-ELBO bound) and a scalar whose gradient is the gradient estimator."""
+        raise NotImplementedError
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss estimate (no gradients)."""
+        with torch.no_grad():
+            loss, _ = self.loss_and_surrogate(model, guide, *args, **kwargs)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """A tensor whose value is the loss and whose gradient is the estimator."""
+        loss, surrogate = self.loss_and_surrogate(model, guide, *args, **kwargs)
+        loss, surrogate = torch.as_tensor(loss), torch.as_tensor(surrogate)
+        return loss.detach() + (surrogate - surrogate.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss estimate; the estimator is accumulated into the parameters' ``.grad``."""
+        loss, surrogate = self.loss_and_surrogate(model, guide, *args, **kwargs)
+        if getattr(surrogate, "requires_grad", False):
+            surrogate.backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+class ParticleELBO(SurrogateELBO):
     """Base of ppl-vi's ELBOs: Pyro's particle machinery plus stacked per-particle log weights.
 
-    Subclasses implement ``loss`` / ``loss_and_grads`` / ``differentiable_loss`` on top of
-    :meth:`particles`. They remain plain :class:`pyro.infer.ELBO` objects, usable with
-    ``pyro.infer.SVI``.
+    Subclasses implement :meth:`loss_and_surrogate` on top of :meth:`particles`; ``loss``,
+    ``loss_and_grads`` and ``differentiable_loss`` come from :class:`SurrogateELBO`. They remain
+    plain :class:`pyro.infer.ELBO` objects, usable with ``pyro.infer.SVI``.
 
     Parameters
     ----------
@@ -110,15 +163,6 @@ class ParticleELBO(ELBO):
     def is_vectorized(self) -> bool:
         return self.vectorize_particles and self.num_particles > 1
 
-    def loss_and_surrogate(self, model, guide, *args, **kwargs):
-        """``(loss, surrogate)``: the loss estimate and a scalar whose gradient is the estimator.
-
-        This is what :class:`ppl_vi.jit.JitELBO` records as a graph. By default the surrogate is
-        :meth:`differentiable_loss`, whose value is the loss.
-        """
-        surrogate = self.differentiable_loss(model, guide, *args, **kwargs)
-        return surrogate.detach(), surrogate
-
     def _get_trace(self, model, guide, args, kwargs):
         tracer = poutine.trace(guide)  # keeps the subsample sites that the importance trace drops
         model_trace, guide_trace = get_importance_trace(
@@ -155,8 +199,8 @@ class ParticleELBO(ELBO):
         traces = list(self._get_traces(model, guide, args, kwargs))
         lp = self.stack_sums(traces, [model_trace for model_trace, _ in traces])
         lq = self.stack_sums(traces, [guide_trace for _, guide_trace in traces])
-        lp, lq = torch.broadcast_tensors(lp, lq)
-        return Particles(_squeeze_after_first(lp), _squeeze_after_first(lq), traces)
+        lp, lq = _align(_squeeze_after_first(lp), _squeeze_after_first(lq))
+        return Particles(lp, lq, traces)
 
     def stack_sums(self, traces: list, summed: list) -> torch.Tensor:
         """Sum each trace of ``summed`` like the log densities of :meth:`particles` and stack.
@@ -178,7 +222,7 @@ class ParticleELBO(ELBO):
     def stacked_like(self, particles: Particles, summed: list) -> torch.Tensor:
         """:meth:`stack_sums` for ``particles.traces``, shaped like ``particles.log_q``."""
         value = self.stack_sums(particles.traces, summed)
-        return _squeeze_after_first(value).expand_as(particles.log_q)
+        return _align(_squeeze_after_first(value), particles.log_q)[0]
 
     def _particles_first(self, value: torch.Tensor) -> torch.Tensor:
         """Move the particle plate (at ``dim = -max_plate_nesting``) to the front."""

@@ -7,7 +7,6 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
-from pyro.util import warn_if_nan
 
 from ._base import Particles
 from .renyi import RenyiELBO
@@ -71,10 +70,9 @@ class IWAE(RenyiELBO):
 
     Notes
     -----
-    :meth:`differentiable_loss` returns :math:`-\hat{\mathcal L}_K` with the ``"reparam"``
-    gradient whatever ``gradient`` is: DReG and STL give the model and the guide parameters
-    different surrogates, which no single tensor carries. ``pyro.infer.SVI`` uses
-    :meth:`loss_and_grads`, which honours ``gradient``.
+    ``loss_and_grads`` and :meth:`differentiable_loss` both carry the ``gradient`` estimator:
+    one surrogate gives the guide parameters the DReG/STL path gradient and the model
+    parameters the IWAE one (:meth:`loss_and_surrogate`).
 
     DReG and STL evaluate :math:`\log q_\phi(\bar z_k)` at the drawn values held fixed by
     replaying the guide once more (so :math:`\partial_\phi \log q` at fixed :math:`z` can be
@@ -125,29 +123,6 @@ class IWAE(RenyiELBO):
             vectorize_particles=vectorize_particles,
             strict_enumeration_warning=strict_enumeration_warning,
         )
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Estimate the loss and accumulate the ``gradient`` estimator into ``.grad``."""
-        if self.gradient == "reparam":
-            return super().loss_and_grads(model, guide, *args, **kwargs)
-        particles = self.particles(model, guide, args, kwargs)
-        self._check_reparameterized(particles)
-        guide_params, model_params = self._split_params(particles)
-        log_weights = particles.log_weights  # (K, *datum_shape)
-        bound = self.bound(log_weights)  # datum_shape
-        if guide_params:
-            normalized = torch.softmax(log_weights.detach(), dim=0)  # w~_k per datum
-            coef = normalized.square() if self.gradient == "dreg" else normalized
-            # d/dphi [log w_k + log q_phi(stopgrad z_k)] is the path derivative of log w_k:
-            # the second term cancels the score term of the first (Tucker et al. 2019, sec. 3).
-            log_q_fixed_z = self._log_q_at_fixed_z(guide, particles, args, kwargs)
-            surrogate = (coef * (log_weights + log_q_fixed_z)).sum()
-            _accumulate_grads(-surrogate, guide_params, retain_graph=bool(model_params))
-        if model_params:
-            _accumulate_grads(-bound.sum(), model_params)
-        loss = -bound.sum().item()
-        warn_if_nan(loss, "loss")
-        return loss
 
     def _check_reparameterized(self, particles: Particles) -> None:
         for _, guide_trace in particles.traces:
@@ -217,8 +192,9 @@ class IWAE(RenyiELBO):
         return log_q
 
     def loss_and_surrogate(self, model, guide, *args, **kwargs):
-        """``(loss, surrogate)`` with one surrogate for both parameter sets (what ``JitELBO``
-        records). Same gradients as :meth:`loss_and_grads`:
+        """``(loss, surrogate)`` with one surrogate for both parameter sets, from which
+        ``loss_and_grads``, ``differentiable_loss`` and the compiled step all take the
+        ``gradient`` estimator:
 
         .. math::
 
@@ -248,13 +224,3 @@ class IWAE(RenyiELBO):
             log_p_fixed_z = self._log_density_at_fixed_z(model, particles, args, kwargs)
             surrogate = surrogate - ((normalized - coef) * log_p_fixed_z).sum()
         return loss.detach(), surrogate
-
-
-def _accumulate_grads(objective: torch.Tensor, params: list, retain_graph: bool = False) -> None:
-    """Add d objective / d param to each ``param.grad`` (``SVI`` then steps them)."""
-    if not objective.requires_grad:
-        return
-    grads = torch.autograd.grad(objective, params, retain_graph=retain_graph, allow_unused=True)
-    for param, grad in zip(params, grads, strict=True):
-        if grad is not None:
-            param.grad = grad if param.grad is None else param.grad + grad

@@ -12,7 +12,6 @@ import numbers
 
 import torch
 from pyro.poutine import Trace
-from pyro.util import warn_if_nan
 
 from ._base import ParticleELBO, Particles
 
@@ -161,31 +160,13 @@ class RenyiELBO(ParticleELBO):
         """Per-datum bound from log weights ``(K, *datum_shape)``; returns ``datum_shape``."""
         return renyi_bound(log_weights, self.alpha)
 
-    @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """A Monte Carlo estimate of :math:`-\\mathcal L_\\alpha` (no gradients)."""
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """:math:`-\\hat{\\mathcal L}_\\alpha` and a surrogate with the estimator above as its
+        gradient (with non-reparameterized guide sites the score-function term adds to the
+        gradient but not to the value)."""
         particles = self.particles(model, guide, args, kwargs)
-        loss = -self.bound(particles.log_weights).sum().item()
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """:math:`-\\hat{\\mathcal L}_\\alpha` as a tensor whose gradient is the estimator above.
-
-        Its value is the loss; with non-reparameterized guide sites the score-function term adds
-        to the gradient but not to the value.
-        """
-        particles = self.particles(model, guide, args, kwargs)
-        return -self._surrogate_bound(particles).sum()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Estimate the loss and accumulate its gradient into the parameters' ``.grad``."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        loss = loss.item()
-        warn_if_nan(loss, "loss")
-        return loss
+        loss = -self._surrogate_bound(particles).sum()
+        return loss.detach(), loss
 
     # ------------------------------------------------------------------ shared with IWAE
     def _surrogate_bound(self, particles: Particles) -> torch.Tensor:

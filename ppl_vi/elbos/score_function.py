@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer.inspect import get_dependencies
-from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.infer.util import is_validation_enabled
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
@@ -19,7 +19,6 @@ from pyro.util import (
     check_if_enumerated,
     check_model_guide_match,
     check_site_shape,
-    warn_if_nan,
 )
 
 from ._base import ParticleELBO
@@ -442,18 +441,6 @@ class RBScoreFunctionELBO(ParticleELBO):
             )
         return None
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """Estimate of -ELBO from ``num_particles`` particles (no gradients)."""
-        with torch.no_grad():
-            elbos = []
-            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-                log_p = sum(self._per_particle(s["log_prob"]) for s in _sample_sites(model_trace))
-                log_q = sum(self._per_particle(s["log_prob"]) for s in _sample_sites(guide_trace))
-                elbos.append(log_p - log_q)
-            loss = -torch_item(torch.cat(elbos).mean())
-        warn_if_nan(loss, "loss")
-        return loss
-
     def _surrogate(self, model, guide, args, kwargs):
         """ELBO per particle, a surrogate carrying the autograd part of the estimator, and the
         control-variate gradients of the guide parameters as ``(leaf, gradient)`` pairs."""
@@ -463,26 +450,13 @@ class RBScoreFunctionELBO(ParticleELBO):
             return elbo, log_p.mean(), list(zip(leaves, grads, strict=True))
         return elbo, log_p.mean() + score.mean(), []
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """A scalar whose value is the -ELBO estimate and whose gradient is the estimator."""
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """-ELBO estimate and a surrogate whose gradient is the estimator (control-variate
+        gradients enter through linear carriers ``(grad * leaf).sum()``)."""
         elbo, surrogate, direct = self._surrogate(model, guide, args, kwargs)
         for leaf, grad in direct:  # linear carrier: its gradient is exactly ``grad``
-            surrogate = surrogate + (grad * leaf).sum()
-        return -(elbo.mean() + (surrogate - surrogate.detach()))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Estimate -ELBO and accumulate the estimator's gradient into every parameter's grad."""
-        elbo, surrogate, direct = self._surrogate(model, guide, args, kwargs)
-        if surrogate.requires_grad:
-            (-surrogate).backward(retain_graph=self.retain_graph)
-        for leaf, grad in direct:  # what backward through the linear carrier would add
-            if leaf.grad is None:
-                leaf.grad = -grad
-            else:
-                leaf.grad.sub_(grad)
-        loss = -torch_item(elbo.mean())
-        warn_if_nan(loss, "loss")
-        return loss
+            surrogate = surrogate + (grad.detach() * leaf).sum()
+        return -elbo.mean().detach(), -surrogate
 
 
 def _loo_control_variate_mean(f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -648,8 +648,9 @@ class SteinOperatorELBO(ParticleELBO):
             )
         return pyro.module(TEST_FUNCTION_NAME, self.network, update_module_params=True)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """The discrepancy estimate as a differentiable scalar (KSD² or the OVI objective).
+    def loss_and_surrogate(self, model, guide, *args, **kwargs):
+        """The discrepancy estimate (KSD² or the OVI objective, not a negative ELBO) and its
+        differentiable version.
 
         With ``test_function="neural"`` the value is the OVI objective and its gradient is the
         objective's for the guide (network held fixed) and the *negated* gradient of :math:`A`
@@ -659,20 +660,11 @@ class SteinOperatorELBO(ParticleELBO):
         with torch.enable_grad():
             u, score = self.unconstrained_particles(model, guide, *args, **kwargs)
             if self.test_function == "kernel":
-                return kernel_stein_discrepancy(u, score, self.kernel)
+                value = kernel_stein_discrepancy(u, score, self.kernel)
+                return value.detach(), value
             net = self._test_network(u)
             # value: the objective; gradient: dL/dphi for the guide (network held fixed) and
             # -dA/dpsi for the network (A = signed square root of L, see the class notes).
             ascent = _ovi_ascent(net, u, score)
-            return ovi_objective(net, u, score, grad="none") + (ascent - ascent.detach())
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """The discrepancy estimate (KSD² or the OVI objective), not a negative ELBO."""
-        return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Accumulate the gradients of :meth:`differentiable_loss` and return its value."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
-        return loss.item()
+            value = ovi_objective(net, u, score, grad="none") + (ascent - ascent.detach())
+        return value.detach(), value

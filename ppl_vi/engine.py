@@ -1,0 +1,684 @@
+"""The training engine: an explicit :class:`TrainState` and an :class:`Engine` with ``init``,
+``step`` and ``run``, in the spirit of NumPyro's ``SVI.init/update/run`` and emcee's
+``sample()`` generator.
+
+>>> import ppl_vi
+>>> from ppl_vi.models import normal_normal
+>>> engine = ppl_vi.Engine(normal_normal.model, "mean_field", "elbo", seed=0)
+>>> state = engine.init(**normal_normal.load_data())
+>>> state, loss = engine.step(state)
+>>> for state in engine.run(state, num_steps=100):
+...     pass
+>>> state.step
+100
+>>> result = ppl_vi.VIResult.from_state(state, engine)
+
+Everything a step depends on is in the state: the fit's own Pyro parameter store, the
+optimizer (with its per-parameter moments), the random generator state, the step number and the
+loop phase, plus what the policies keep there (losses, the final phase's averages). A step
+either completes (parameters, optimizer and counters move together, with Ctrl-C held until
+the update is applied) or leaves the state exactly as it was (random generators rewound,
+gradients dropped), so an interrupted fit resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.util import torch_item
+from pyro.optim.optim import PyroOptim
+
+from ppl_vi import data, io
+from ppl_vi import optim as optim_lib
+from ppl_vi.errors import DataError, FitError, NonFiniteLossError
+from ppl_vi.infer_util import (
+    add_subsampling_plates,
+    device_context,
+    first_nonfinite_site,
+    full_plates,
+    model_info,
+    trace_model,
+    user_line,
+)
+from ppl_vi.policies import Polish, param_names, warn_final_phase_failed
+from ppl_vi.probe import BatchingReport, probe_batching
+from ppl_vi.resolve import elbo_settings, resolve_elbo, resolve_guide
+from ppl_vi.runtime import LOCK, deferred_interrupt, rng_state, seeded_state, using_rng
+
+__all__ = ["Engine", "TrainState"]
+
+PHASES = ("main", "polish", "done")
+
+
+@dataclass
+class TrainState:
+    """Everything a training step depends on, and where the loop is.
+
+    Attributes
+    ----------
+    param_state : dict
+        The fit's own Pyro parameter store (``{"params": ..., "constraints": ...}``, as used by
+        ``pyro.get_param_store().scope``): unconstrained parameter tensors by name.
+    optim : pyro.optim.PyroOptim
+        The optimizer, holding each parameter's moments and step count.
+    rng : dict or None
+        The fit's random generator state between runs (``None``: the fit draws from, and
+        advances, the caller's global generators).
+    num_steps, step, end : int
+        Steps asked for, taken, and where the run ends (the final phase may end it earlier).
+    phase : str
+        ``"main"``, ``"polish"`` (the final phase) or ``"done"``.
+    losses : list of float
+        One loss per step.
+    converged : bool
+        Whether the stopping rule fired.
+    polish_start : int or None
+        Step at which the final phase started.
+    avg, avg_count
+        Running averages of the parameters over the final phase.
+    """
+
+    param_state: dict
+    optim: PyroOptim
+    rng: dict | None
+    num_steps: int
+    step: int = 0
+    end: int = 0
+    phase: str = "main"
+    losses: list = field(default_factory=list)
+    converged: bool = False
+    polish_start: int | None = None
+    avg: dict | None = None
+    avg_count: int = 0
+    interrupted: bool = False
+    last_lr_factor: float = 1.0
+
+    @property
+    def params(self) -> dict:
+        """Unconstrained parameter tensors by name (the live ones)."""
+        return self.param_state["params"]
+
+    def accumulate_average(self, params: list) -> None:
+        """Add the current values of ``params`` to the running averages (final phase)."""
+        store = pyro.get_param_store()
+        if self.avg is None:
+            self.avg = {}
+        avgs, values = [], []
+        for p in params:
+            name = store.param_name(p)
+            if name is None:
+                continue
+            if name not in self.avg:
+                self.avg[name] = p.detach().clone()
+            avgs.append(self.avg[name])
+            values.append(p.detach())
+        self.avg_count += 1
+        if avgs:
+            torch._foreach_lerp_(avgs, values, 1.0 / self.avg_count)
+
+    def final_params(self) -> dict:
+        """Copies of the fitted parameters: the averages where the final phase averaged."""
+        out = {name: value.detach().clone() for name, value in self.params.items()}
+        if self.phase != "done" and self.avg and self.avg_count:
+            for name, value in self.avg.items():
+                if name in out:
+                    out[name] = value.detach().clone()
+        return out
+
+    def finalize(self) -> None:
+        """Mark the fit finished and write the averages into the live parameters."""
+        if self.phase != "done" and self.avg and self.avg_count:
+            with torch.no_grad():
+                for name, value in self.avg.items():
+                    if name in self.params:
+                        self.params[name].copy_(value)
+        self.phase = "done"
+        self.end = self.step
+
+    def reopen(self, num_steps: int) -> None:
+        """Extend a finished fit to ``num_steps``: train on from its final parameters (and
+        optimizer state) with a fresh main phase; the final phase runs again at the end."""
+        self.phase, self.converged = "main", False
+        self.polish_start, self.avg, self.avg_count = None, None, 0
+        self.num_steps = self.end = num_steps
+
+    # ------------------------------------------------------------------ checkpoints
+    def loop_payload(self) -> dict:
+        return {
+            "step": self.step,
+            "end": self.end,
+            "num_steps": self.num_steps,
+            "phase": self.phase,
+            "finished": self.phase == "done",
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "converged": self.converged,
+            "polish_start": self.polish_start,
+            "avg": io.to_cpu(self.avg),
+            "avg_count": self.avg_count,
+        }
+
+    def load_loop(self, loop: dict, device) -> None:
+        self.step = int(loop["step"])
+        self.end = int(loop["end"])
+        self.num_steps = int(loop["num_steps"])
+        self.phase = str(loop["phase"])
+        if self.phase not in PHASES:
+            raise io.CheckpointError(f"unknown loop phase {self.phase!r} in the checkpoint")
+        self.losses = [float(x) for x in loop["losses"].tolist()]
+        self.converged = bool(loop["converged"])
+        self.polish_start = loop["polish_start"]
+        avg = loop["avg"]
+        self.avg = None if avg is None else {k: v.to(device) for k, v in avg.items()}
+        self.avg_count = int(loop["avg_count"])
+
+
+class _StepFailed(Exception):
+    def __init__(self, loss: float, bad_params: list):
+        self.loss = loss
+        self.bad_params = bad_params
+
+
+class Engine:
+    """Stochastic variational inference with explicit state: ``init``, ``step``, ``run``.
+
+    Parameters
+    ----------
+    model : callable
+        A Pyro model.
+    guide : str, class or callable, default "mean_field"
+        A guide name (``ppl_vi.guides.GUIDES``), a guide class or a ready guide.
+    elbo : str, class or pyro.infer.ELBO, default "elbo"
+        An ELBO name (``ppl_vi.elbos.ELBOS``), class or instance.
+    optim : pyro.optim.PyroOptim, optional
+        Default ``pyro.optim.Adam({"lr": 0.01})``; Adam steps run as one multi-tensor update.
+    policies : sequence of :class:`~ppl_vi.policies.Policy`
+        Stopping rule, final phase, schedule, checkpoints, progress, callbacks.
+    num_particles, guide_kwargs, elbo_kwargs, jit
+        As for :func:`ppl_vi.fit`.
+    device : str, default "auto"
+        Where data, parameters and random numbers live.
+    seed : int or None, default 0
+        Seed of the fit's own random stream (the caller's generators are left as they were);
+        None draws from (and advances) the caller's global generators.
+    """
+
+    def __init__(
+        self,
+        model,
+        guide="mean_field",
+        elbo="elbo",
+        optim: PyroOptim | None = None,
+        *,
+        policies=(),
+        num_particles: int | None = None,
+        guide_kwargs: dict | None = None,
+        elbo_kwargs: dict | None = None,
+        jit: bool = False,
+        device="auto",
+        seed: int | None = 0,
+    ):
+        if not callable(model):
+            raise TypeError(f"model must be a callable Pyro program (got {type(model).__name__})")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an integer or None (got {seed!r})")
+        self.model = model
+        self.guide_arg, self.elbo_arg = guide, elbo
+        self.optim = optim_lib.build_optim(optim, None, None)
+        self.policies = list(policies)
+        self.polish = next((p for p in self.policies if isinstance(p, Polish)), None)
+        self.num_particles = num_particles
+        self.guide_kwargs, self.elbo_kwargs, self.jit = guide_kwargs, elbo_kwargs, bool(jit)
+        self.device = data.resolve_device(device)
+        self.seed = seed
+        self.args, self.kwargs = (), {}
+        self.info = self.guide = self.elbo = None
+        self.elbos: dict = {}
+        self.last_params: list = []
+        self._factory = None
+        self._active = None
+        self._applied_factor = None
+
+    # ------------------------------------------------------------------ set-up
+    def init(self, *args, num_steps: int = 1, **kwargs) -> TrainState:
+        """Check the data, trace the model once, build the guide's parameters, decide how
+        particles are evaluated (the batching probe) and check each ELBO once.
+
+        Everything here happens before step 1; any problem raises here.
+        """
+        args, kwargs = data.prepare(args, kwargs, self.device, self.model)
+        self.args, self.kwargs = args, kwargs
+        param_state = {"params": {}, "constraints": {}}
+        store = pyro.get_param_store()
+        with LOCK:  # seeding touches the global generators: not while another fit runs
+            rng = None if self.seed is None else seeded_state(self.seed, self.device)
+        with LOCK, store.scope(state=param_state), using_rng(rng, self.device):
+            with device_context(self.device):
+                self.info = self._trace(args, kwargs)
+                self.guide, self.guide_spec = resolve_guide(
+                    self.guide_arg, self.model, self.guide_kwargs
+                )
+                with poutine.block():
+                    self.guide(*args, **kwargs)  # builds the guide's parameters
+                self._guide_plates(args, kwargs)
+                report = self._probe(args, kwargs)
+                self._build_elbos(report, args, kwargs)
+                for policy in self.policies:
+                    policy.setup(self)
+        return TrainState(param_state, self.optim, rng, num_steps=num_steps, end=num_steps)
+
+    def _trace(self, args, kwargs):
+        bad_inputs = data.nonfinite_inputs(self.model, args, kwargs)
+        try:
+            info = model_info(self.model, args, kwargs)
+        except Exception as e:
+            lists = data.list_inputs(self.model, args, kwargs)
+            if lists:
+                raise DataError(
+                    f"the model failed on its data ({type(e).__name__}: {_first_line(e)}), and "
+                    f"{', '.join(lists)} is a Python list of numbers: pass data as tensors or "
+                    "numpy arrays (torch.tensor(y) or np.asarray(y)); ppl-vi does not convert "
+                    "lists, which often hold settings"
+                ) from e
+            if bad_inputs:
+                raise DataError(
+                    "the model cannot run on its data: " + "; ".join(bad_inputs) + f" ({e}). "
+                    "Remove or impute missing values, or mask them (obs_mask=, poutine.mask)"
+                ) from e
+            where = user_line(e)
+            _note(
+                e,
+                "ppl-vi: the model failed when run once with draws from its prior, before "
+                "training" + (f", at {where}" if where else ""),
+            )
+            raise
+        if not info.latent:
+            raise DataError(
+                f"the model {info.name} has no latent sample sites (every sample site is "
+                "observed), so there is nothing for variational inference to fit. For maximum "
+                "likelihood of pyro.param values use pyro.infer.SVI with an empty guide"
+            )
+        with using_rng(rng_state(self.device), self.device), torch.no_grad():
+            with full_plates(info):
+                trace = trace_model(self.model, args, kwargs)
+            data.check_observed(trace, self.model, args, kwargs)
+            if bad_inputs:
+                trace.compute_log_prob()
+                if not all(
+                    bool(torch.isfinite(s["log_prob"]).all())
+                    for s in trace.nodes.values()
+                    if s["type"] == "sample"
+                ):
+                    raise DataError(
+                        "the model's log density is not finite on its data: "
+                        + "; ".join(bad_inputs)
+                        + ". Remove or impute missing values, or mask them (obs_mask=, "
+                        "poutine.mask)"
+                    )
+        return info
+
+    def _guide_plates(self, args, kwargs) -> None:
+        """Plates that the guide subsamples count as subsampled plates of the model too."""
+        with using_rng(rng_state(self.device), self.device), torch.no_grad():
+            try:
+                trace = poutine.trace(poutine.block(self.guide, hide_types=["param"])).get_trace(
+                    *args, **kwargs
+                )
+            except Exception:  # noqa: BLE001 - the probe and the ELBO check report guide errors
+                return
+        add_subsampling_plates(self.info, trace)
+
+    def _probe(self, args, kwargs) -> BatchingReport:
+        if self.info.undeclared:
+            self.info.batched = False
+            return BatchingReport(False, "undeclared batch dims")
+        report = probe_batching(self.model, self.guide, args, kwargs, self.info, self.device)
+        self.info.batched = report.batched
+        return report
+
+    def _build_elbos(self, report: BatchingReport, args, kwargs) -> None:
+        vectorize = None if report.batched else False
+        if not report.batched and not self.info.undeclared:
+            _warn(report.message("particles (and draws from the result)"))
+        self.elbo, self.elbo_spec, self._factory = resolve_elbo(
+            self.elbo_arg,
+            self.num_particles,
+            self.info.max_plate_nesting,
+            self.elbo_kwargs,
+            self.jit,
+            self.info.undeclared,
+            vectorize,
+        )
+        try:
+            self._check_elbo(self.elbo, args, kwargs)
+        except Exception as e:
+            if self._factory is None or not _vectorized(self.elbo):
+                _note(e, "ppl-vi: the ELBO could not be evaluated on the model before training")
+                raise
+            report = BatchingReport(False, _describe(e), user_line(e))
+            _warn(report.message("particles (and draws from the result)"))
+            self.info.batched = False
+            self.elbo, self.elbo_spec, self._factory = resolve_elbo(
+                self.elbo_arg,
+                self.num_particles,
+                self.info.max_plate_nesting,
+                self.elbo_kwargs,
+                self.jit,
+                self.info.undeclared,
+                False,
+            )
+            self._check_elbo(self.elbo, args, kwargs)
+        self.elbos = {"main": self.elbo}
+
+    def _check_elbo(self, elbo, args, kwargs) -> None:
+        """Evaluate ``elbo`` once on a copy of the random stream (no state changes)."""
+        with using_rng(rng_state(self.device), self.device):
+            elbo.loss(self.model, self.guide, *args, **kwargs)
+
+    def add_phase_elbo(self, phase: str, num_particles: int) -> None:
+        """Use an ELBO with ``num_particles`` particles in ``phase`` (e.g. the final phase),
+        when the ELBO was given by name or class, has fewer particles, and its number of
+        particles does not define the objective (IWAE, Rényi). Checked once here; if it fails,
+        the phase keeps the main ELBO, with a warning."""
+        main = self.elbo
+        fixed_k = getattr(main, "particles_define_objective", False)
+        if self._factory is None or fixed_k or num_particles <= main.num_particles:
+            return
+        elbo = self._factory(num_particles)
+        try:
+            self._check_elbo(elbo, self.args, self.kwargs)
+        except Exception as e:  # noqa: BLE001 - the phase then runs with the main ELBO
+            _warn(
+                f"the {phase} phase's ELBO with {num_particles} particles failed on the model "
+                f"({_describe(e)}); that phase uses the main ELBO ({main.num_particles} "
+                "particle(s)) instead"
+            )
+            return
+        self.elbos[phase] = elbo
+
+    def settings(self) -> dict:
+        """What shapes the trajectory (for checkpoint fingerprints)."""
+        out = {
+            "guide": self.guide_spec,
+            "elbo": elbo_settings(self.elbo),
+            "elbos": sorted(self.elbos),
+            "optim": optim_lib.optim_settings(self.optim),
+            "seed": self.seed,
+            "device": self.device.type,
+            "jit": self.jit,
+        }
+        for policy in self.policies:
+            out.update(policy.settings())
+        return out
+
+    # ------------------------------------------------------------------ stepping
+    @contextlib.contextmanager
+    def session(self, state: TrainState):
+        """The fit's parameter store, random stream and device, for the block (re-entrant)."""
+        if self._active is state:
+            yield
+            return
+        store = pyro.get_param_store()
+        with LOCK, store.scope(state=state.param_state), using_rng(state.rng, self.device):
+            with device_context(self.device):
+                self._active = state
+                try:
+                    yield
+                finally:
+                    self._active = None
+
+    def lr_factor(self, state: TrainState) -> float:
+        factor = 1.0
+        for policy in self.policies:
+            factor *= policy.lr_scale(state)
+        return factor
+
+    def step(self, state: TrainState, *args, **kwargs) -> tuple[TrainState, float]:
+        """One optimisation step with the current phase's ELBO and learning-rate factor.
+
+        On failure the state is left as it was and :class:`~ppl_vi.errors.FitError` (or
+        :class:`~ppl_vi.errors.NonFiniteLossError`) is raised with ``err.state``.
+        """
+        if not (args or kwargs):
+            args, kwargs = self.args, self.kwargs
+        with self.session(state):
+            loss = self._step(state, args, kwargs, self.lr_factor(state))
+        return state, loss
+
+    def _step(self, state: TrainState, args, kwargs, factor: float) -> float:
+        elbo = self.elbos.get(state.phase, self.elbo)
+        rng = _torch_rng(self.device)
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            params = list(
+                dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
+            )
+            loss = torch_item(loss)
+            _check_finite(loss, params)
+        except BaseException as e:
+            self._rewind(rng)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise self._failure(e, state, elbo, rng, args, kwargs) from e
+        with deferred_interrupt():
+            new = optim_lib.prepare(state.optim, params)
+            if not optim_lib.is_scheduler(state.optim) and (new or factor != self._applied_factor):
+                optim_lib.set_lr_factor(state.optim, factor)
+                self._applied_factor = factor
+            optim_lib.apply_update(state.optim, params)
+            optim_lib.scheduler_step(state.optim)
+            state.step += 1
+            state.losses.append(loss)
+            state.last_lr_factor = factor
+        self.last_params = params
+        return loss
+
+    def _rewind(self, rng) -> None:
+        _set_torch_rng(rng)
+        for p in pyro.get_param_store()._params.values():
+            p.grad = None
+
+    def _failure(self, err, state, elbo, rng, args, kwargs) -> FitError:
+        step = state.step + 1
+        numeric = isinstance(err, (_StepFailed, torch.linalg.LinAlgError)) or (
+            isinstance(err, ValueError)
+            and ("invalid values" in str(err) or "Expected value argument" in str(err))
+        )
+        if not numeric:
+            first = (str(err).strip().splitlines() or [""])[0]
+            where = user_line(err)
+            error = FitError(
+                f"step {step} failed ({type(err).__name__}: {first[:300]})"
+                + (f" at {where}" if where else "")
+                + f". The fit up to step {step - 1} is kept (err.result)",
+                step=step,
+            )
+            error.state = state
+            return error
+        site = self._diagnose(elbo, rng, args, kwargs)
+        if isinstance(err, _StepFailed):
+            what = "a gradient became non-finite"
+            if not math.isfinite(err.loss):
+                what = f"the loss became {err.loss}"
+        elif isinstance(err, torch.linalg.LinAlgError):
+            what = f"the model's linear algebra failed on a draw ({_first_line(err)})"
+        else:
+            what = f"a distribution received invalid (non-finite) parameters ({_first_line(err)})"
+        parts = [f"{what} at step {step}"]
+        if site:
+            parts.append(f"first found at {site}")
+        if isinstance(err, _StepFailed) and err.bad_params:
+            parts.append(f"non-finite gradients in parameters {param_names(err.bad_params)}")
+        message = (
+            "; ".join(parts)
+            + f". Training stopped; the parameters from step {step - 1} are kept (err.result). "
+            "Try a smaller lr, clip_norm=..., or check the model at that site."
+        )
+        error = NonFiniteLossError(message, step=step, site=site)
+        error.state = state
+        return error
+
+    def _diagnose(self, elbo, rng, args, kwargs) -> str | None:
+        """Re-run the failing step's draws with validation off and name the first bad site."""
+        try:
+            with using_rng({"torch": rng[0]}, None), pyro.validation_enabled(False):
+                with torch.no_grad():
+                    for model_trace, guide_trace in elbo._get_traces(
+                        self.model, self.guide, args, kwargs
+                    ):
+                        found = first_nonfinite_site(
+                            [("guide", guide_trace), ("model", model_trace)]
+                        )
+                        if found:
+                            return found
+        except Exception:  # noqa: BLE001 - the diagnosis is best effort; the step is already bad
+            return None
+        return None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, state: TrainState, num_steps: int | None = None, *args, **kwargs):
+        """Run steps until the fit is done, yielding the state after each step.
+
+        Policies decide the phase, the learning-rate factor and when to stop. Ctrl-C ends the
+        run with ``state.interrupted`` set; a failure raises :class:`~ppl_vi.errors.FitError`
+        (``err.state`` is the last good state) after the policies have finished (e.g. the
+        checkpoint is written). A failing final phase ends the run at the last good step, with
+        a warning. The loop body runs with the fit's parameter store active.
+        """
+        if num_steps is not None:
+            state.num_steps = num_steps
+            if state.phase != "done":
+                state.end = num_steps if state.phase == "main" else min(state.end, num_steps)
+        if not (args or kwargs):
+            args, kwargs = self.args, self.kwargs
+        failure = None
+        with self.session(state):
+            for policy in self.policies:
+                policy.start(self, state)
+            outcome = "done"
+            try:
+                while state.phase != "done":
+                    for policy in self.policies:
+                        policy.before_step(self, state)
+                    if state.step >= state.end:
+                        break
+                    try:
+                        self._step(state, args, kwargs, self.lr_factor(state))
+                    except FitError as e:
+                        if state.phase == "polish" and not isinstance(e, NonFiniteLossError):
+                            warn_final_phase_failed(state.step, state.polish_start, e)
+                            break
+                        raise
+                    stop = self._after_step(state)
+                    yield state
+                    if stop:
+                        outcome = "stopped"
+                        break
+            except KeyboardInterrupt:
+                state.interrupted, outcome = True, "interrupted"
+            except FitError as e:
+                failure, outcome = e, "failed"
+                e.state = state
+            if outcome == "done":
+                state.finalize()
+            for policy in self.policies:
+                policy.finish(self, state, outcome)
+        if failure is not None:
+            raise failure
+
+    def _after_step(self, state: TrainState) -> bool:
+        stop = False
+        for policy in self.policies:
+            try:
+                stop = policy.after_step(self, state) or stop
+            except (KeyboardInterrupt, FitError):
+                raise
+            except Exception as e:
+                raise FitError(
+                    f"{type(policy).__name__} failed after step {state.step} "
+                    f"({type(e).__name__}: {_first_line(e)}). The fit up to step {state.step} is "
+                    "kept (err.result)",
+                    step=state.step,
+                ) from e
+        return stop
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: TrainState, path, fingerprint: dict) -> None:
+        """Write ``state`` (with ``fingerprint``) to ``path``; call inside :meth:`session`."""
+        payload = {
+            **io.header("checkpoint"),
+            "fingerprint": fingerprint,
+            "params": {name: value.detach().cpu() for name, value in state.params.items()},
+            "optim": io.to_cpu(state.optim.get_state()),
+            "rng": io.rng_to_plain(rng_state(self.device)),
+            "loop": state.loop_payload(),
+        }
+        io.atomic_save(payload, path)
+
+    def load_checkpoint(self, state: TrainState, payload: dict, source: str) -> None:
+        """Put a checkpoint's parameters, optimizer moments, random state and loop into
+        ``state`` (the guide must have the same parameters)."""
+        with self.session(state):
+            io.restore_params(payload["params"], self.device, source)
+        state.optim._state_waiting_to_be_consumed = dict(payload["optim"])
+        rng = io.rng_from_plain(payload["rng"])
+        if self.device.type != "cuda":
+            rng.pop("cuda", None)
+        if state.rng is None:
+            state.rng = rng_state(self.device)
+        state.rng.update(rng)
+        state.load_loop(payload["loop"], self.device)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_finite(loss: float, params: list) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = math.isfinite(loss)
+    if finite and grads:
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+    if not finite:
+        bad = [p for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+        raise _StepFailed(loss, bad)
+
+
+def _torch_rng(device):
+    cuda = None
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
+    return torch.get_rng_state(), cuda, device
+
+
+def _set_torch_rng(rng) -> None:
+    cpu, cuda, device = rng
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _vectorized(elbo) -> bool:
+    inner = getattr(elbo, "elbo", elbo)
+    return bool(getattr(inner, "vectorize_particles", False))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(":")
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {_first_line(e)[:200]}"
+
+
+def _note(err: BaseException, text: str) -> None:
+    if hasattr(err, "add_note"):
+        err.add_note(text)
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, RuntimeWarning, stacklevel=5)

@@ -1,0 +1,113 @@
+"""The explicit-state engine: init, step and run by hand give what fit gives; a failed step leaves
+the state exactly as it was."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppl_vi
+from ppl_vi import Engine, FitError, NonFiniteLossError, Polish, TrainState, VIResult
+from ppl_vi.models import normal_normal
+
+DATA = normal_normal.load_data()
+
+
+def test_engine_by_hand_equals_fit():
+    fitted = ppl_vi.fit(
+        normal_normal.model,
+        **DATA,
+        num_steps=120,
+        progress=False,
+        convergence=None,
+        polish=Polish(fraction=0.25),
+        seed=7,
+    )
+    engine = Engine(
+        normal_normal.model, "mean_field", "elbo", policies=[Polish(fraction=0.25)], seed=7
+    )
+    state = engine.init(**DATA)
+    assert isinstance(state, TrainState) and state.step == 0 and state.phase == "main"
+    seen = [(s.step, s.phase) for s in engine.run(state, num_steps=120)]
+    assert [step for step, _ in seen] == list(range(1, 121))
+    assert seen[89][1] == "main" and seen[90][1] == "polish"
+    assert state.phase == "done"
+    result = VIResult.from_state(state, engine)
+    np.testing.assert_array_equal(result.losses, fitted.losses)
+    for name, value in fitted.params.items():
+        assert torch.equal(result.params[name], value)
+
+
+def test_step_and_run_continue_each_other():
+    a = Engine(normal_normal.model, seed=1)
+    state_a = a.init(**DATA)
+    for _ in range(10):
+        state_a, loss = a.step(state_a)
+        assert math.isfinite(loss)
+    for _ in a.run(state_a, num_steps=30):
+        pass
+    b = Engine(normal_normal.model, seed=1)
+    state_b = b.init(**DATA)
+    for _ in b.run(state_b, num_steps=30):
+        pass
+    assert state_a.step == state_b.step == 30
+    np.testing.assert_array_equal(state_a.losses, state_b.losses)
+
+
+def test_a_failed_step_leaves_the_state_as_it_was():
+    flag = {"bad": False}
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        scale = torch.tensor(math.nan) if flag["bad"] else torch.tensor(1.0)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, scale), obs=x)
+
+    engine = Engine(model, seed=2)
+    state = engine.init(DATA["x"])
+    for _ in range(5):
+        engine.step(state)
+    before = {k: v.detach().clone() for k, v in state.params.items()}
+    moments = [opt.state[p]["exp_avg"].clone() for p, opt in state.optim.optim_objs.items()]
+    rng = dict(state.rng)
+    flag["bad"] = True
+    with pytest.raises(NonFiniteLossError, match="at step 6") as err:
+        engine.step(state)
+    assert err.value.state is state and state.step == 5 and len(state.losses) == 5
+    for name, value in before.items():
+        assert torch.equal(state.params[name], value)
+        assert state.params[name].grad is None
+    assert torch.equal(state.rng["torch"], rng["torch"])
+    after = [opt.state[p]["exp_avg"] for p, opt in state.optim.optim_objs.items()]
+    assert len(after) == 2 and all(torch.equal(a, b) for a, b in zip(after, moments, strict=True))
+    # and the next good step is the step an uninterrupted engine takes
+    flag["bad"] = False
+    engine.step(state)
+    other = Engine(model, seed=2)
+    other_state = other.init(DATA["x"])
+    for _ in range(6):
+        other.step(other_state)
+    np.testing.assert_array_equal(state.losses, other_state.losses)
+
+
+def test_a_failure_inside_run_raises_with_the_last_good_state():
+    def stop(state):
+        if state.step == 7:
+            raise ValueError("no")
+
+    engine = Engine(normal_normal.model, policies=[ppl_vi.policies.Callbacks([stop])])
+    state = engine.init(**DATA)
+    with pytest.raises(FitError, match="after step 7") as err:
+        for _ in engine.run(state, num_steps=20):
+            pass
+    assert err.value.state.step == 7
+
+
+def test_engine_checks_its_arguments():
+    with pytest.raises(TypeError, match="model must be a callable"):
+        Engine("model")
+    with pytest.raises(TypeError, match="seed must be an integer or None"):
+        Engine(normal_normal.model, seed=1.5)
