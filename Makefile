@@ -23,8 +23,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# the default suite on every core (pytest-xdist); each test process uses one torch thread
 test: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 # Rebuild the tutorial notebooks from tutorials/*.py and execute them (full mode, ~30 min).
 tutorials: setup

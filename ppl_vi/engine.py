@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import pyro
@@ -48,7 +49,7 @@ from ppl_vi.infer_util import (
 from ppl_vi.policies import Polish, param_names, warn_final_phase_failed
 from ppl_vi.probe import BatchingReport, probe_batching
 from ppl_vi.resolve import elbo_settings, resolve_elbo, resolve_guide
-from ppl_vi.runtime import LOCK, deferred_interrupt, rng_state, seeded_state, using_rng
+from ppl_vi.runtime import LOCK, InterruptGuard, rng_state, seeded_state, using_rng
 
 __all__ = ["Engine", "TrainState"]
 
@@ -224,8 +225,9 @@ class Engine:
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro program (got {type(model).__name__})")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"seed must be an integer or None (got {seed!r})")
+        seed = None if seed is None else int(seed)
         self.model = model
         self.guide_arg, self.elbo_arg = guide, elbo
         self.optim = optim_lib.build_optim(optim, None, None)
@@ -242,9 +244,10 @@ class Engine:
         self._factory = None
         self._active = None
         self._applied_factor = None
+        self._guard = InterruptGuard()
 
     # ------------------------------------------------------------------ set-up
-    def init(self, *args, num_steps: int = 1, **kwargs) -> TrainState:
+    def init(self, *args, **kwargs) -> TrainState:
         """Check the data, trace the model once, build the guide's parameters, decide how
         particles are evaluated (the batching probe) and check each ELBO once.
 
@@ -269,7 +272,7 @@ class Engine:
                 self._build_elbos(report, args, kwargs)
                 for policy in self.policies:
                     policy.setup(self)
-        return TrainState(param_state, self.optim, rng, num_steps=num_steps, end=num_steps)
+        return TrainState(param_state, self.optim, rng, num_steps=0)
 
     def _trace(self, args, kwargs):
         bad_inputs = data.nonfinite_inputs(self.model, args, kwargs)
@@ -341,18 +344,9 @@ class Engine:
         return report
 
     def _build_elbos(self, report: BatchingReport, args, kwargs) -> None:
-        vectorize = None if report.batched else False
         if not report.batched and not self.info.undeclared:
             _warn(report.message("particles (and draws from the result)"))
-        self.elbo, self.elbo_spec, self._factory = resolve_elbo(
-            self.elbo_arg,
-            self.num_particles,
-            self.info.max_plate_nesting,
-            self.elbo_kwargs,
-            self.jit,
-            self.info.undeclared,
-            vectorize,
-        )
+        self._resolve_elbo(None if report.batched else False)
         try:
             self._check_elbo(self.elbo, args, kwargs)
         except Exception as e:
@@ -362,17 +356,20 @@ class Engine:
             report = BatchingReport(False, _describe(e), user_line(e))
             _warn(report.message("particles (and draws from the result)"))
             self.info.batched = False
-            self.elbo, self.elbo_spec, self._factory = resolve_elbo(
-                self.elbo_arg,
-                self.num_particles,
-                self.info.max_plate_nesting,
-                self.elbo_kwargs,
-                self.jit,
-                self.info.undeclared,
-                False,
-            )
+            self._resolve_elbo(False)
             self._check_elbo(self.elbo, args, kwargs)
         self.elbos = {"main": self.elbo}
+
+    def _resolve_elbo(self, vectorize: bool | None) -> None:
+        self.elbo, self.elbo_spec, self._factory = resolve_elbo(
+            self.elbo_arg,
+            self.num_particles,
+            self.info.max_plate_nesting,
+            self.elbo_kwargs,
+            self.jit,
+            self.info.undeclared,
+            vectorize,
+        )
 
     def _check_elbo(self, elbo, args, kwargs) -> None:
         """Evaluate ``elbo`` once on a copy of the random stream (no state changes)."""
@@ -424,7 +421,7 @@ class Engine:
             return
         store = pyro.get_param_store()
         with LOCK, store.scope(state=state.param_state), using_rng(state.rng, self.device):
-            with device_context(self.device):
+            with device_context(self.device), self._guard.installed():
                 self._active = state
                 try:
                     yield
@@ -465,7 +462,8 @@ class Engine:
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise self._failure(e, state, elbo, rng, args, kwargs) from e
-        with deferred_interrupt():
+        self._guard.hold()  # a Ctrl-C from here on waits until the update is complete
+        try:
             new = optim_lib.prepare(state.optim, params)
             if not optim_lib.is_scheduler(state.optim) and (new or factor != self._applied_factor):
                 optim_lib.set_lr_factor(state.optim, factor)
@@ -475,6 +473,8 @@ class Engine:
             state.step += 1
             state.losses.append(loss)
             state.last_lr_factor = factor
+        finally:
+            self._guard.release()
         self.last_params = params
         return loss
 

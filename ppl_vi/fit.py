@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import time
 import warnings
@@ -40,9 +41,10 @@ OPTIONS = frozenset(
 )
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1 (got {name}={value!r})")
+    return int(value)
 
 
 def _split_options(fn):
@@ -160,10 +162,10 @@ def fit(
         When training stops after it started; ``err.result`` holds the fit up to the last
         completed step (never a bad update). Ctrl-C instead returns that partial result.
     """
-    _check_positive_int("num_steps", num_steps)
+    num_steps = _positive_int("num_steps", num_steps)
     if num_particles is not None:
-        _check_positive_int("num_particles", num_particles)
-    _check_positive_int("checkpoint_every", checkpoint_every)
+        num_particles = _positive_int("num_particles", num_particles)
+    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
     if convergence is not None and not isinstance(convergence, Convergence):
         raise TypeError(
             f"convergence must be a ppl_vi.Convergence or None (got {type(convergence).__name__})"
@@ -182,7 +184,7 @@ def fit(
         schedule = LRSchedule(lr_schedule)
         schedule.check(num_steps)
         policies.append(schedule)
-    policies.append(Callbacks(callbacks))
+    policies.append(Callbacks([callbacks] if callable(callbacks) else callbacks))
     bar = ProgressBar(progress)
     engine = Engine(
         model, guide, elbo, build_optim(optim, lr, clip_norm), policies=[*policies, bar],
@@ -192,12 +194,12 @@ def fit(
     path = None if checkpoint is None else io.check_writable(checkpoint, "checkpoint")
     if path is not None:
         io.clean_stale_temp_files(path)
-    state = engine.init(*model_args, num_steps=num_steps, **kwargs)
+    state = engine.init(*model_args, **kwargs)
     if path is not None:
         _attach_checkpoint(engine, state, path, checkpoint_every, num_steps, resume)
     start = time.perf_counter()
     try:
-        for _ in engine.run(state):
+        for _ in engine.run(state, num_steps):
             pass
     except FitError as err:
         err.result = VIResult.from_state(err.state, engine, time.perf_counter() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import pyro
 import pyro.optim
@@ -19,7 +20,7 @@ _ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
 
 def check_lr(name: str, value) -> float:
     """A learning rate must be a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a positive number (got {name}={value!r})")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number (got {name}={value!r})")

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyro
-import torch
 from tqdm import tqdm
 
 from ppl_vi.errors import FitError
@@ -235,29 +234,32 @@ class LRSchedule(Policy):
         self.schedule = schedule
         self.factors: list[float] = []
 
+    def factor(self, step: int) -> float:
+        """``schedule(step)``, checked: a finite number >= 0."""
+        value = self.schedule(step)
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_schedule({step}) returned {value!r}, not a number") from None
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(
+                f"lr_schedule({step}) returned {factor}: learning-rate factors must be finite "
+                "and >= 0 (a negative factor would climb the loss instead of descending it)"
+            )
+        return factor
+
     def check(self, num_steps: int) -> None:
-        factors = []
-        for step in range(num_steps):
-            value = self.schedule(step)
-            try:
-                factor = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"lr_schedule({step}) returned {value!r}, not a number") from None
-            if not (math.isfinite(factor) and factor >= 0):
-                raise ValueError(
-                    f"lr_schedule({step}) returned {factor}: learning-rate factors must be "
-                    "finite and >= 0 (a negative factor would climb the loss instead of "
-                    "descending it)"
-                )
-            factors.append(factor)
-        self.factors = factors
+        """Compute and check the factors of steps ``0 .. num_steps - 1`` (before training)."""
+        self.factors = [self.factor(step) for step in range(num_steps)]
 
     def start(self, engine, state) -> None:
         if len(self.factors) < state.num_steps:
             self.check(state.num_steps)
 
     def lr_scale(self, state) -> float:
-        return self.factors[state.step] if state.step < len(self.factors) else self.factors[-1]
+        if state.step < len(self.factors):
+            return self.factors[state.step]
+        return self.factor(state.step)
 
     def settings(self) -> dict:
         return {"lr_schedule": code_digest(self.schedule)}
@@ -284,7 +286,13 @@ class Callbacks(Policy):
     """
 
     def __init__(self, callbacks):
-        self.callbacks = list(callbacks)
+        try:
+            self.callbacks = list(callbacks)
+        except TypeError:
+            raise TypeError(
+                f"callbacks must be a callable or an iterable of callables (got "
+                f"{type(callbacks).__name__})"
+            ) from None
         for cb in self.callbacks:
             if not callable(cb):
                 raise TypeError(f"every callback must be callable (got {type(cb).__name__})")
@@ -386,7 +394,3 @@ def warn_final_phase_failed(step: int, main_end: int | None, err: BaseException)
         RuntimeWarning,
         stacklevel=4,
     )
-
-
-def finite(values: torch.Tensor) -> bool:
-    return bool(torch.isfinite(values).all())

@@ -9,7 +9,7 @@ distributions draw from torch's global generator. ppl-vi does not patch either; 
   each other's handler stacks;
 * :func:`using_rng` runs a block on a fit's own generator state and puts the caller's state
   back afterwards, so fitting never changes the random numbers the user's code sees next;
-* :func:`deferred_interrupt` holds a Ctrl-C that arrives while a step's update is being
+* :class:`InterruptGuard` holds a Ctrl-C that arrives while a step's update is being
   applied until the update is complete, so a step is either applied entirely or not at all.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import pyro
 import torch
 
-__all__ = ["LOCK", "deferred_interrupt", "rng_state", "seeded", "set_rng_state", "using_rng"]
+__all__ = ["LOCK", "InterruptGuard", "rng_state", "seeded", "set_rng_state", "using_rng"]
 
 #: Re-entrant lock held while ppl-vi runs a model (Pyro's handler stack is process-global).
 LOCK = threading.RLock()
@@ -104,32 +104,57 @@ def seeded(seed: int | None):
         yield
 
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold a SIGINT (Ctrl-C) that arrives inside the block until the block has finished.
+class InterruptGuard:
+    """Holds a Ctrl-C (SIGINT) that arrives while an update is being applied.
 
-    Only possible in the main thread; elsewhere (and where no handler can be installed) the
-    block runs unprotected.
+    ``with guard.installed():`` puts its handler in place for a whole run (once: installing a
+    handler costs microseconds, too much per step); around each update, ``guard.hold()`` /
+    ``guard.release()`` (two attribute writes) defer a Ctrl-C that arrives in between until the
+    update is complete, then raise it. Outside a held section a Ctrl-C acts as before (the
+    previous handler runs, or ``KeyboardInterrupt`` is raised). Signal handlers exist only in
+    the main thread; elsewhere the guard does nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
 
-    def hold(signum, frame):
-        received.append((signum, frame))
+    def __init__(self):
+        self.holding = False
+        self.pending = None
+        self._previous = None
 
-    try:
-        previous = signal.signal(signal.SIGINT, hold)
-    except (ValueError, OSError):  # not the main interpreter, or signals unsupported
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if callable(previous) and previous is not signal.default_int_handler:
-                previous(*received[0])
-            else:
-                raise KeyboardInterrupt
+    def _handle(self, signum, frame):
+        if self.holding:
+            self.pending = (signum, frame)
+            return
+        self._forward(signum, frame)
+
+    def _forward(self, signum, frame):
+        previous = self._previous
+        if previous is signal.SIG_IGN:
+            return
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except (ValueError, OSError):  # not the main interpreter, or signals unsupported
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._forward(*pending)

@@ -277,3 +277,41 @@ def test_nan_failure_with_a_checkpoint_keeps_the_last_good_state(tmp_path):
         forced = fit(path, model=model, lr=0.001, resume="force")
     assert forced.num_steps == 300
     np.testing.assert_array_equal(forced.losses[:80], err.value.result.losses)
+
+
+@pytest.mark.parametrize("where", ["update", "model"])
+def test_a_real_sigint_keeps_resume_bitwise(tmp_path, monkeypatch, where):
+    """SIGINT while the update is applied waits for it; SIGINT in the model rewinds the step."""
+    import signal
+
+    from ppl_vi import optim as optim_lib
+
+    state = {"armed": False}
+    original = optim_lib.apply_update
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        if where == "model" and state["armed"]:
+            state["armed"] = False
+            os.kill(os.getpid(), signal.SIGINT)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def update(optim, params):
+        if where == "update" and state["armed"]:
+            state["armed"] = False
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the update's operations
+        original(optim, params)
+
+    def arm(s):
+        if s.step == 90:
+            state["armed"] = True
+
+    monkeypatch.setattr(optim_lib, "apply_update", update)
+    path = tmp_path / "fit.ckpt"
+    with pytest.warns(UserWarning, match="fit interrupted at step"):
+        partial = fit(path, model=model, callbacks=[arm])
+    # held until the update completed: step 91 counts; in the model: step 91 is rewound
+    assert partial.num_steps == (91 if where == "update" else 90)
+    resumed = fit(path, model=model)
+    assert_same_fit(resumed, fit(tmp_path / "whole.ckpt", model=model))

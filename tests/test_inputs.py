@@ -182,14 +182,15 @@ def test_pandas_categorical_is_refused_with_the_fix():
         ppl_vi.fit(gaussian, group, **QUICK)
 
 
+def noisy_model(x, noise):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, noise), obs=x)
+
+
 def test_numpy_scalar_data_round_trip_through_save_and_load(tmp_path):
     x = normal_normal.load_data()["x"].numpy()
-
-    def model(x, noise):
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(mu, noise), obs=x)
-
+    model = noisy_model
     result = ppl_vi.fit(model, x, noise=np.std(x), **QUICK)
     assert type(result.model_kwargs["noise"]) is float
     path = tmp_path / "fit.pt"
@@ -203,12 +204,7 @@ def test_numpy_scalar_data_round_trip_through_save_and_load(tmp_path):
 
 def test_numpy_scalar_data_round_trip_through_nuts_save_and_load(tmp_path):
     x = normal_normal.load_data()["x"].numpy()
-
-    def model(x, noise):
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-        with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.Normal(mu, noise), obs=x)
-
+    model = noisy_model
     nuts = ppl_vi.run_nuts(
         model, x, noise=np.float32(1.5), num_warmup=20, num_samples=20, progress=False
     )
@@ -346,3 +342,13 @@ def test_khat_of_a_point_mass_guide_is_nan_with_a_warning():
     result = ppl_vi.fit(gaussian, torch.zeros(3), guide=AutoDelta(gaussian), **QUICK)
     with pytest.warns(UserWarning, match=r"point-mass guide .* k-hat is NaN"):
         assert math.isnan(result.psis_khat(100))
+
+
+def test_numpy_numbers_are_accepted_as_settings():
+    a = ppl_vi.fit(gaussian, torch.zeros(3), **{**QUICK, "num_steps": np.int64(30)},
+                   lr=np.float32(0.01), seed=np.int64(2))
+    b = ppl_vi.fit(gaussian, torch.zeros(3), **{**QUICK, "num_steps": 30}, lr=0.01, seed=2)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
+    steps = []
+    ppl_vi.fit(gaussian, torch.zeros(3), callbacks=lambda s: steps.append(s.step), **QUICK)
+    assert steps == list(range(1, 101))
