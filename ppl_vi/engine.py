@@ -584,12 +584,26 @@ class Engine:
             except FitError as e:
                 failure, outcome = e, "failed"
                 e.state = state
+            except GeneratorExit:  # the caller stopped iterating: finish as a stopped run
+                self._finish(state, "stopped")
+                raise
             if outcome == "done":
                 state.finalize()
-            for policy in self.policies:
-                policy.finish(self, state, outcome)
+            self._finish(state, outcome)
         if failure is not None:
             raise failure
+
+    def _finish(self, state: TrainState, outcome: str) -> None:
+        """Every policy's end-of-run hook; one that fails (a checkpoint on a full disk) warns
+        instead of losing the finished run."""
+        for policy in self.policies:
+            try:
+                policy.finish(self, state, outcome)
+            except Exception as e:  # noqa: BLE001 - the run's work must reach the caller
+                _warn(
+                    f"{type(policy).__name__} failed when the run ended at step {state.step} "
+                    f"({type(e).__name__}: {_first_line(e)})"
+                )
 
     def _after_step(self, state: TrainState) -> bool:
         stop = False

@@ -111,3 +111,34 @@ def test_engine_checks_its_arguments():
         Engine("model")
     with pytest.raises(TypeError, match="seed must be an integer or None"):
         Engine(normal_normal.model, seed=1.5)
+
+
+def test_leaving_the_loop_early_finishes_the_policies_and_releases_the_fit(tmp_path):
+    from ppl_vi.policies import Checkpointing
+
+    engine = Engine(normal_normal.model)
+    state = engine.init(**DATA)
+    path = tmp_path / "early.ckpt"
+    engine.policies.append(Checkpointing(path, every=1000, fingerprint={}))
+    run = engine.run(state, num_steps=50)
+    for s in run:
+        if s.step == 12:
+            break
+    run.close()
+    assert torch.load(path, weights_only=True)["loop"]["step"] == 12
+    # the process-wide lock is free again: another fit runs at once
+    assert ppl_vi.fit(normal_normal.model, **DATA, num_steps=5, progress=False).num_steps == 5
+
+
+def test_a_checkpoint_that_cannot_be_written_at_the_end_warns_and_keeps_the_result(tmp_path):
+    from ppl_vi.policies import Checkpointing
+
+    engine = Engine(normal_normal.model)
+    state = engine.init(**DATA)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    engine.policies.append(Checkpointing(blocked / "fit.ckpt", every=1000, fingerprint={}))
+    with pytest.warns(RuntimeWarning, match=r"Checkpointing failed when the run ended at step 20"):
+        for _ in engine.run(state, num_steps=20):
+            pass
+    assert state.step == 20 and state.phase == "done"

@@ -345,8 +345,13 @@ def test_khat_of_a_point_mass_guide_is_nan_with_a_warning():
 
 
 def test_numpy_numbers_are_accepted_as_settings():
-    a = ppl_vi.fit(gaussian, torch.zeros(3), **{**QUICK, "num_steps": np.int64(30)},
-                   lr=np.float32(0.01), seed=np.int64(2))
+    a = ppl_vi.fit(
+        gaussian,
+        torch.zeros(3),
+        **{**QUICK, "num_steps": np.int64(30)},
+        lr=np.float32(0.01),
+        seed=np.int64(2),
+    )
     b = ppl_vi.fit(gaussian, torch.zeros(3), **{**QUICK, "num_steps": 30}, lr=0.01, seed=2)
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
     steps = []
