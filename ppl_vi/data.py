@@ -369,7 +369,3 @@ def _active(site, fn, value: torch.Tensor, event: bool = True) -> torch.Tensor:
         return torch.broadcast_to(mask, shape)
     except RuntimeError:
         return torch.ones(shape, dtype=torch.bool, device=value.device)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -54,6 +54,8 @@ from ppl_vi.runtime import LOCK, InterruptGuard, rng_state, seeded_state, using_
 __all__ = ["Engine", "TrainState"]
 
 PHASES = ("main", "polish", "done")
+#: What a model that does not broadcast over particles runs one at a time.
+_UNBATCHED = "ELBO particles and draws from the result"
 
 
 @dataclass
@@ -345,7 +347,7 @@ class Engine:
 
     def _build_elbos(self, report: BatchingReport, args, kwargs) -> None:
         if not report.batched and not self.info.undeclared:
-            _warn(report.message("particles (and draws from the result)"))
+            _warn(report.message(_UNBATCHED) + " The final phase adds no extra particles.")
         self._resolve_elbo(None if report.batched else False)
         try:
             self._check_elbo(self.elbo, args, kwargs)
@@ -354,7 +356,7 @@ class Engine:
                 _note(e, "ppl-vi: the ELBO could not be evaluated on the model before training")
                 raise
             report = BatchingReport(False, _describe(e), user_line(e))
-            _warn(report.message("particles (and draws from the result)"))
+            _warn(report.message(_UNBATCHED) + " The final phase adds no extra particles.")
             self.info.batched = False
             self._resolve_elbo(False)
             self._check_elbo(self.elbo, args, kwargs)

@@ -152,8 +152,10 @@ class Polish(Policy):
     amount set by the learning rate, not by the gradient noise. During the last ``fraction`` of
     the steps (or after the stopping rule fires) the learning rate decays geometrically from
     ``lr`` to ``lr * lr_factor``, each ELBO estimate uses ``num_particles`` vectorized particles
-    (when the ELBO was given by name or class and the fit uses fewer), and the parameters are
-    averaged over the phase (Polyak & Juditsky 1992); the averages become the fitted parameters.
+    (when the ELBO was given by name or class, the fit uses fewer, and the model broadcasts over
+    a batch of particles: evaluated one at a time they would multiply the phase's cost), and the
+    parameters are averaged over the phase (Polyak & Juditsky 1992); the averages become the
+    fitted parameters.
     More particles raise the signal-to-noise ratio of the gradient, which lets the parameters
     finish drifting along flat directions of the loss that a lower learning rate alone freezes.
 
@@ -196,7 +198,10 @@ class Polish(Policy):
         return {"polish": dataclasses.asdict(self)}
 
     def setup(self, engine) -> None:
-        engine.add_phase_elbo("polish", self.num_particles)
+        # extra particles only when they run as one batch: one at a time they would make the
+        # final phase num_particles times slower than the rest of the fit
+        if engine.info.batched:
+            engine.add_phase_elbo("polish", self.num_particles)
 
     def length(self, state) -> int:
         return max(1, round(self.fraction * state.num_steps))

@@ -147,3 +147,15 @@ def test_draws_one_at_a_time_equal_the_batched_identity(float64):
     np.testing.assert_allclose((log_p - log_q).numpy(), log_z, rtol=0, atol=1e-8)
     draws = result.sample(2000, seed=1)["mu"]
     assert abs(float(draws.mean()) - float(post.loc)) < 4 * float(post.scale) / math.sqrt(2000)
+
+
+def test_the_final_phase_adds_particles_only_when_they_batch():
+    for model, args, batched in [(regression_batched, (X, Y), True), (branching, (Y,), False)]:
+        engine = ppl_vi.Engine(model, policies=[ppl_vi.Polish(num_particles=16)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            engine.init(*args)
+        assert engine.info.batched is batched
+        assert sorted(engine.elbos) == (["main", "polish"] if batched else ["main"])
+        if batched:
+            assert engine.elbos["polish"].num_particles == 16
