@@ -334,8 +334,12 @@ def check_observed(trace, model, args: tuple, kwargs: dict) -> None:
 
 
 def _validation_off(fn) -> bool:
-    """True when the model built the distribution with ``validate_args=False`` (the user opted
-    out of support checks, e.g. a Multinomial whose total count is left implicit)."""
+    """True when the model built the distribution with ``validate_args=False`` while validation
+    is on (the user opted out of support checks for it, e.g. a Multinomial whose total count is
+    left implicit). With validation off globally every distribution says False, so that alone
+    is no opt-out: ppl-vi's own check still runs."""
+    if not torch.distributions.Distribution._validate_args:
+        return False
     while fn is not None:
         if getattr(fn, "_validate_args", None) is False:
             return True
@@ -355,17 +359,31 @@ def _flat_batch(value: torch.Tensor, fn) -> torch.Tensor:
     return value
 
 
+def _masks(site, fn) -> list:
+    """Every mask on a site: ``poutine.mask`` (the site's ``mask``) and ``.mask(...)`` /
+    ``obs_mask`` (a ``MaskedDistribution`` anywhere in the distribution's chain)."""
+    masks = [site.get("mask")]
+    while fn is not None:
+        masks.append(getattr(fn, "_mask", None))
+        fn = getattr(fn, "base_dist", None)
+    return [m for m in masks if m is not None]
+
+
 def _active(site, fn, value: torch.Tensor, event: bool = True) -> torch.Tensor:
     """Boolean tensor: which entries of ``value`` count (not masked out)."""
     event_dim = getattr(fn.support, "event_dim", 0) if not event else fn.event_dim
     shape = value.shape if event else value.shape[: value.dim() - event_dim]
-    mask = site.get("mask")
-    if mask is None or isinstance(mask, bool):
-        return torch.full(shape, mask is not False, dtype=torch.bool, device=value.device)
-    mask = mask.bool()
-    if event:
-        mask = mask.reshape(mask.shape + (1,) * event_dim) if event_dim else mask
-    try:
-        return torch.broadcast_to(mask, shape)
-    except RuntimeError:
-        return torch.ones(shape, dtype=torch.bool, device=value.device)
+    active = torch.ones(shape, dtype=torch.bool, device=value.device)
+    for mask in _masks(site, fn):
+        if isinstance(mask, bool):
+            if not mask:
+                active = torch.zeros_like(active)
+            continue
+        mask = torch.as_tensor(mask, device=value.device).bool()
+        if event and event_dim:
+            mask = mask.reshape(mask.shape + (1,) * event_dim)
+        try:
+            active = active & torch.broadcast_to(mask, shape)
+        except RuntimeError:  # a mask of another shape: do not guess, check every entry
+            continue
+    return active

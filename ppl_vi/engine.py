@@ -442,11 +442,16 @@ class Engine:
         On failure the state is left as it was and :class:`~ppl_vi.errors.FitError` (or
         :class:`~ppl_vi.errors.NonFiniteLossError`) is raised with ``err.state``.
         """
-        if not (args or kwargs):
-            args, kwargs = self.args, self.kwargs
+        args, kwargs = self._data(args, kwargs)
         with self.session(state):
             loss = self._step(state, args, kwargs, self.lr_factor(state))
         return state, loss
+
+    def _data(self, args, kwargs):
+        """The model's data for a step: those given at init, or new ones (converted, moved)."""
+        if not (args or kwargs):
+            return self.args, self.kwargs
+        return data.prepare(args, kwargs, self.device, self.model)
 
     def _step(self, state: TrainState, args, kwargs, factor: float) -> float:
         elbo = self.elbos.get(state.phase, self.elbo)
@@ -461,7 +466,7 @@ class Engine:
             _check_finite(loss, params)
         except BaseException as e:
             self._rewind(rng)
-            if isinstance(e, KeyboardInterrupt):
+            if not isinstance(e, Exception):  # Ctrl-C, SystemExit: the step never happened
                 raise
             raise self._failure(e, state, elbo, rng, args, kwargs) from e
         self._guard.hold()  # a Ctrl-C from here on waits until the update is complete
@@ -556,8 +561,7 @@ class Engine:
             state.num_steps = num_steps
             if state.phase != "done":
                 state.end = num_steps if state.phase == "main" else min(state.end, num_steps)
-        if not (args or kwargs):
-            args, kwargs = self.args, self.kwargs
+        args, kwargs = self._data(args, kwargs)
         failure = None
         with self.session(state):
             for policy in self.policies:

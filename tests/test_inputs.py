@@ -357,3 +357,26 @@ def test_numpy_numbers_are_accepted_as_settings():
     steps = []
     ppl_vi.fit(gaussian, torch.zeros(3), callbacks=lambda s: steps.append(s.step), **QUICK)
     assert steps == list(range(1, 101))
+
+
+def test_the_data_check_ignores_entries_masked_in_the_distribution():
+    from ppl_vi.data import check_observed
+    from ppl_vi.infer_util import trace_model
+
+    y = torch.tensor([1.0, math.nan, 3.0, -1.0])
+    keep = torch.tensor([True, False, True, False])
+
+    def model(y):
+        rate = pyro.sample("rate", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Poisson(rate).mask(keep), obs=y)
+
+    with pyro.validation_enabled(False):
+        trace = trace_model(model, (y,), {})
+        check_observed(trace, model, (y,), {})  # the NaN and the -1 are masked out
+        keep[3] = True
+        trace = trace_model(model, (y,), {})
+        with pytest.raises(
+            DataError, match=r"outside the support of its Poisson .* \(value -1.0\)"
+        ):
+            check_observed(trace, model, (y,), {})
