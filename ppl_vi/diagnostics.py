@@ -13,8 +13,8 @@ from ppl_vi.predictive import (  # noqa: F401 - public names of this module
     add_posterior_predictive,
     pointwise_log_likelihood,
     posterior_predictive,
+    site_dims,
     site_draws,
-    traces_per_draw,
 )
 from ppl_vi.stats import KHAT_BAD, KHAT_GOOD, psis  # noqa: F401 - public names of this module
 from ppl_vi.stats import arviz as _arviz
@@ -103,20 +103,29 @@ def psis_resample(
 
 
 # ------------------------------------------------------------------------ LOO
-def loo(result, num_samples: int = 1000, seed: int | None = 0):
-    """PSIS-LOO expected log predictive density of a fit (VI or NUTS).
+def loo(result, num_samples: int = 4000, seed: int | None = 0, var_name: str | None = None):
+    r"""PSIS-LOO of a fit (VI or NUTS) as ArviZ's ``ELPDData``, ready for :func:`arviz.compare`.
 
-    For a :class:`~ppl_vi.nuts.NUTSResult` this is :func:`arviz.loo` on its draws. For a VI fit
-    the draws come from q, so the leave-one-out ratios carry the importance correction of
-    Magnusson et al. (2019): :math:`r_{is} \\propto p(x, z_s) / (q(z_s)\\, p(y_i \\mid z_s))`,
-    Pareto-smoothed per datum. The model must have one observed site whose plate dims index
-    the data.
+    For a :class:`~ppl_vi.nuts.NUTSResult` this is :func:`arviz.loo` on its InferenceData. For
+    a VI fit the draws come from q, not from the posterior, so each leave-one-out ratio carries
+    the importance correction of Magnusson et al. (2019),
+    :math:`r_{is} \propto p(x, z_s) / (q(z_s)\, p(y_i \mid z_s))`, Pareto-smoothed per datum
+    (ArviZ's ``psislw``); ``az.loo`` on VI draws would leave the correction out. Both warn, with
+    ArviZ's words, when a datum's k-hat exceeds ``good_k = min(1 - 1/log10(S), 0.7)``.
+
+    Parameters
+    ----------
+    num_samples, seed
+        Draws from the guide (VI only).
+    var_name : str, optional
+        The observed site, when the model has several.
 
     Returns
     -------
-    pandas.Series
-        ``elpd_loo``, ``se``, ``p_loo``, ``n_data``, ``max_khat`` and ``n_bad_khat`` (data
-        with k-hat >= 0.7, whose LOO terms are unreliable).
+    arviz.ELPDData
+        ``elpd_loo``, ``se``, ``p_loo``, ``n_samples``, ``n_data_points``, ``warning``,
+        ``loo_i`` and ``pareto_k`` (per datum, with the site's plate dims), ``scale`` ("log"),
+        ``good_k``; ``az.compare({"vi": loo(vi), "nuts": loo(nuts)})`` works.
 
     References
     ----------
@@ -125,58 +134,75 @@ def loo(result, num_samples: int = 1000, seed: int | None = 0):
     Magnusson, M., Andersen, M. R., Jonasson, J. & Vehtari, A. (2019). Bayesian leave-one-out
     cross-validation for large data. ICML.
     """
-    import pandas as pd
-    from scipy.special import logsumexp
-
+    az = _arviz()
     if not hasattr(result, "_draws"):  # MCMC draws: ArviZ's PSIS-LOO
-        az = _arviz()
-        idata = add_posterior_predictive(result.to_inference_data(), result)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            elpd = az.loo(idata, pointwise=True)
-        khats = np.asarray(elpd.pareto_k).ravel()
-        return pd.Series(
-            {
-                "elpd_loo": float(elpd.elpd_loo),
-                "se": float(elpd.se),
-                "p_loo": float(elpd.p_loo),
-                "n_data": int(elpd.n_data_points),
-                "max_khat": float(khats.max()),
-                "n_bad_khat": int((khats >= KHAT_BAD).sum()),
-            }
-        )
+        return az.loo(result.to_inference_data(log_likelihood=True), pointwise=True,
+                      var_name=var_name)  # fmt: skip
+    from scipy.special import logsumexp
+    from xarray import DataArray
+
     samples, log_p, log_q = result._draws(num_samples, seed)
-    log_ratio = (log_p - log_q).detach().cpu().double().numpy()
+    latent = {k: v for k, v in samples.items() if k in result.info.latent}
     loglik = pointwise_log_likelihood(
-        result.model, samples, result.model_args, result.model_kwargs, result.info
+        result.model, latent, result.model_args, result.model_kwargs, result.info
     )
-    if len(loglik) != 1:
+    if var_name is None and len(loglik) != 1:
         raise ValueError(
-            f"loo needs a model with exactly one observed site (got {sorted(loglik)}); "
-            "combine the observations or compute LOO per site with pointwise_log_likelihood"
+            f"the model has several observed sites {sorted(loglik)}; pass var_name= to choose one"
         )
-    ll = next(iter(loglik.values()))
-    ll = ll.reshape(len(ll), -1)  # (S, N)
+    name = var_name or next(iter(loglik))
+    if name not in loglik:
+        raise ValueError(f"var_name={name!r} is not an observed site ({sorted(loglik)})")
+    ll = loglik[name]  # (S, *batch)
+    batch = ll.shape[1:]
+    ll = ll.reshape(len(ll), -1).astype(np.float64)  # (S, N)
     num, n_data = ll.shape
-    elpd = np.empty(n_data)
-    lppd = np.empty(n_data)
-    khats = np.empty(n_data)
-    base = np.zeros(num) if log_ratio is None else log_ratio
-    # Full-posterior weights (for lppd): PSIS of p/q for VI, uniform for MCMC.
-    lw_full = np.full(num, -np.log(num)) if log_ratio is None else psis(base)[0]
-    for i in range(n_data):
-        lw, khats[i] = psis(base - ll[:, i])
-        elpd[i] = logsumexp(lw + ll[:, i])
-        lppd[i] = logsumexp(lw_full + ll[:, i])
-    return pd.Series(
-        {
-            "elpd_loo": elpd.sum(),
-            "se": float(np.sqrt(n_data * elpd.var())),
-            "p_loo": float((lppd - elpd).sum()),
-            "n_data": n_data,
-            "max_khat": float(khats.max()),
-            "n_bad_khat": int((khats >= KHAT_BAD).sum()),
-        }
+    log_ratio = (log_p - log_q).detach().cpu().double().numpy()  # log p(x, z) - log q(z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        lw, khat = az.psislw((log_ratio[None, :] - ll.T).copy(), reff=1.0)  # (N, S), (N,)
+    loo_i = logsumexp(lw + ll.T, axis=1)
+    lw_full = psis(log_ratio)[0]  # the posterior weights themselves, for lppd
+    lppd = logsumexp(lw_full[None, :] + ll.T, axis=1)
+    good_k = min(1 - 1 / np.log10(num), 0.7)
+    warn = bool(np.any(khat > good_k))
+    if warn:
+        warnings.warn(
+            f"Estimated shape parameter of Pareto distribution is greater than {good_k:.2f} for "
+            f"one or more samples ({int((khat > good_k).sum())} of {n_data} data). The "
+            "importance-weighted leave-one-out terms of those data are not reliable: the guide "
+            "(or the model) is far from their leave-one-out posteriors.",
+            UserWarning,
+            stacklevel=2,
+        )
+    dims = site_dims(result.model, latent, result.model_args, result.model_kwargs, result.info)
+    names = (dims.get(name) or [f"{name}_dim_{i}" for i in range(len(batch))])[: len(batch)]
+    as_data = {"dims": names, "name": None}
+    return az.ELPDData(
+        data=[
+            float(loo_i.sum()),
+            float(np.sqrt(n_data * loo_i.var())),
+            float((lppd - loo_i).sum()),
+            num,
+            n_data,
+            warn,
+            DataArray(loo_i.reshape(batch), **{**as_data, "name": "loo_i"}),
+            DataArray(khat.reshape(batch), **{**as_data, "name": "pareto_shape"}),
+            "log",
+            good_k,
+        ],
+        index=[
+            "elpd_loo",
+            "se",
+            "p_loo",
+            "n_samples",
+            "n_data_points",
+            "warning",
+            "loo_i",
+            "pareto_k",
+            "scale",
+            "good_k",
+        ],
     )
 
 

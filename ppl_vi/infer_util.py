@@ -54,6 +54,8 @@ class ModelInfo:
     traced : dict
         Latent and deterministic site name -> shape as traced (subsampled plates at their
         mini-batch size), for models that can only run on the mini-batch they are given.
+    factor : dict
+        Observed site name -> True for ``pyro.factor`` terms (not data).
     """
 
     name: str
@@ -66,6 +68,7 @@ class ModelInfo:
     undeclared: list = field(default_factory=list)
     batched: bool = True
     traced: dict = field(default_factory=dict)
+    factor: dict = field(default_factory=dict)
 
     def fingerprint(self) -> dict:
         """A plain-data summary used to tell whether a saved fit belongs to this model."""
@@ -227,6 +230,8 @@ def model_info(model, args: tuple, kwargs: dict) -> ModelInfo:
             info.traced[name] = tuple(site["value"].shape)
         elif site["is_observed"]:
             info.observed[name] = site["value"]
+            base = getattr(site["fn"], "base_dist", site["fn"])
+            info.factor[name] = type(base).__name__ == "Unit"
         elif not site["infer"].get("is_auxiliary"):
             info.latent[name] = shape
             info.traced[name] = tuple(site["value"].shape)

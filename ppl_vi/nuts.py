@@ -14,7 +14,15 @@ from pyro.infer.autoguide.initialization import init_to_uniform, init_to_value
 
 from ppl_vi import data, io
 from ppl_vi.infer_util import device_context, improper_safe, model_info
-from ppl_vi.predictive import add_posterior_predictive, site_draws
+from ppl_vi.predictive import (
+    add_posterior_predictive,
+    broadcasts,
+    inference_dims,
+    log_likelihood_group,
+    observed_data,
+    pointwise_log_likelihood,
+    site_draws,
+)
 from ppl_vi.runtime import LOCK, seeded
 from ppl_vi.stats import arviz as _arviz
 
@@ -148,8 +156,10 @@ def run_nuts(
         wall = time.perf_counter() - start
     grouped = mcmc.get_samples(group_by_chain=True)  # (chain, draw, ...)
     chains = {k: v.detach() for k, v in grouped.items()}
+    flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in chains.items()}
+    with device_context(dev):
+        info.batched = broadcasts(model, flat, args, kwargs, info)
     if info.deterministic:
-        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in chains.items()}
         with device_context(dev):
             extra = site_draws(model, flat, list(info.deterministic), args, kwargs, info)
         for name, value in extra.items():
@@ -248,12 +258,22 @@ class NUTSResult:
     def num_divergences(self) -> int:
         return int(self.diverging.sum())
 
-    def to_inference_data(self, posterior_predictive: bool = False, seed: int | None = 0):
+    def to_inference_data(
+        self,
+        posterior_predictive: bool = False,
+        seed: int | None = 0,
+        log_likelihood: bool = True,
+        coords: dict | None = None,
+        dims: dict | None = None,
+    ):
         """An :class:`arviz.InferenceData`: ``posterior`` (chain, draw), ``sample_stats``
-        (``diverging``, ``step_size`` per draw, ``acceptance_rate`` per chain mean) and
-        ``observed_data``; with ``posterior_predictive=True`` also replicated observations.
+        (``diverging``, ``step_size`` per draw, ``acceptance_rate`` per chain mean),
+        ``observed_data``, ``log_likelihood`` (pointwise, so ``az.loo`` and ``az.waic`` work)
+        and, with ``posterior_predictive=True``, replicated observations
+        (``pyro.infer.Predictive``).
 
-        Variable names and dims are those of :meth:`ppl_vi.VIResult.to_inference_data`, so
+        Variable names and dims are those of :meth:`ppl_vi.VIResult.to_inference_data` (named
+        from the model's plates; ``coords`` and ``dims`` add to or override them), so
         ``arviz.plot_forest([vi_idata, nuts_idata])`` lines them up.
         """
         az = _arviz()
@@ -264,15 +284,26 @@ class NUTSResult:
             "step_size": np.repeat(self.step_size[:, None], n_draw, axis=1),
             "acceptance_rate": np.repeat(self.accept_rate[:, None], n_draw, axis=1),
         }
-        observed = {k: v.detach().cpu().numpy() for k, v in self.info.observed.items()}
+        latent = {k: v.to(self.device) for k, v in self.samples.items() if k in self.info.latent}
+        all_dims, all_coords = inference_dims(self, latent, dims, coords)
+        observed = observed_data(self.model, latent, self.model_args, self.model_kwargs, self.info)
         idata = az.from_dict(
             posterior=posterior,
             sample_stats=stats,
             observed_data=observed or None,
+            dims={k: v for k, v in all_dims.items() if k in posterior or k in observed},
+            coords=all_coords,
             attrs={"inference_library": "ppl_vi", "method": "NUTS (pyro.infer.MCMC)"},
         )
         if posterior_predictive and observed:
-            add_posterior_predictive(idata, self, seed=seed)
+            add_posterior_predictive(
+                idata, self, seed=seed, dims=dims, coords=coords, log_likelihood=log_likelihood
+            )
+        elif log_likelihood and observed:
+            loglik = pointwise_log_likelihood(
+                self.model, latent, self.model_args, self.model_kwargs, self.info
+            )
+            idata.extend(log_likelihood_group(loglik, n_chain, n_draw, all_dims, all_coords))
         return idata
 
     def summary(self):
@@ -280,7 +311,7 @@ class NUTSResult:
         az = _arviz()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # r_hat of one chain
-            return az.summary(self.to_inference_data(), round_to="none")
+            return az.summary(self.to_inference_data(log_likelihood=False), round_to="none")
 
     def save(self, path: str | os.PathLike) -> None:
         """Save draws, sampler statistics and (plain) data to ``path`` atomically."""
@@ -314,12 +345,17 @@ def load_nuts(path: str | os.PathLike, model: Callable, *model_args, **model_kwa
     with LOCK:
         info = model_info(model, model_args, model_kwargs)
     io.check_model(payload, path, info, "sampled from")
+    chains = dict(payload["chains"])
+    info.batched = broadcasts(
+        model, {k: v.reshape((-1,) + v.shape[2:]) for k, v in chains.items()}, model_args,
+        model_kwargs, info,
+    )  # fmt: skip
     return NUTSResult(
         model=model,
         model_args=model_args,
         model_kwargs=model_kwargs,
         info=info,
-        chains=dict(payload["chains"]),
+        chains=chains,
         diverging=payload["diverging"].numpy(),
         step_size=payload["step_size"].numpy(),
         accept_rate=payload["accept_rate"].numpy(),

@@ -15,7 +15,13 @@ import torch
 
 from ppl_vi import data, io
 from ppl_vi.infer_util import ModelInfo, device_context, draws, full_plates, model_info
-from ppl_vi.predictive import add_posterior_predictive
+from ppl_vi.predictive import (
+    add_posterior_predictive,
+    inference_dims,
+    log_likelihood_group,
+    observed_data,
+    pointwise_log_likelihood,
+)
 from ppl_vi.resolve import resolve_guide
 from ppl_vi.runtime import LOCK, seeded
 from ppl_vi.stats import arviz as _arviz
@@ -241,30 +247,57 @@ class VIResult:
 
     # ------------------------------------------------------------------ diagnostics
     def to_inference_data(
-        self, num_samples: int = 1000, seed: int | None = None, posterior_predictive: bool = False
+        self,
+        num_samples: int = 1000,
+        seed: int | None = None,
+        posterior_predictive: bool = False,
+        log_likelihood: bool = False,
+        coords: dict | None = None,
+        dims: dict | None = None,
     ):
-        """An :class:`arviz.InferenceData` with groups ``posterior`` (one chain),
-        ``sample_stats`` (``log_p``, ``log_q`` per draw and the ``loss`` history over a ``step``
-        dimension) and ``observed_data``; with ``posterior_predictive=True`` also replicated
-        observations and pointwise log-likelihoods at the same draws
-        (:func:`ppl_vi.diagnostics.add_posterior_predictive`)."""
+        """An :class:`arviz.InferenceData` of draws from the fitted guide.
+
+        Groups: ``posterior`` (one chain; latent and deterministic sites), ``sample_stats``
+        (``log_p``, ``log_q`` per draw and the ``loss`` history over a ``step`` dimension) and
+        ``observed_data`` (the full data); with ``posterior_predictive=True`` also replicated
+        observations at the same draws (``pyro.infer.Predictive``), and with
+        ``log_likelihood=True`` pointwise log-likelihoods. Dims are named from the model's
+        plates (``theta`` in ``pyro.plate("school", 8)`` has dim ``school``), event dims
+        ``<site>_dim_<k>``; ``coords`` and ``dims`` add to or override them, as in
+        ``az.from_pyro``.
+
+        ``az.loo`` on the ``log_likelihood`` group would treat draws from q as posterior draws;
+        :func:`ppl_vi.diagnostics.loo` corrects them for q.
+        """
         az = _arviz()
         samples, log_p, log_q = self._draws(num_samples, seed)
+        latent = {k: v for k, v in samples.items() if k in self.info.latent}
+        all_dims, all_coords = inference_dims(self, latent, dims, coords)
         posterior = {k: v.detach().cpu().numpy()[None] for k, v in samples.items()}
-        stats = {
-            "log_p": log_p.detach().cpu().numpy()[None],
-            "log_q": log_q.detach().cpu().numpy()[None],
-        }
-        observed = {k: v.detach().cpu().numpy() for k, v in self.info.observed.items()}
-        idata = az.from_dict(
-            posterior=posterior,
-            sample_stats=stats,
-            observed_data=observed or None,
-            attrs={"inference_library": "ppl_vi", "guide": str(self.guide_spec.get("class"))},
-        )
+        observed = observed_data(self.model, latent, self.model_args, self.model_kwargs, self.info)
+        with LOCK:
+            idata = az.from_dict(
+                posterior=posterior,
+                sample_stats={
+                    "log_p": log_p.detach().cpu().numpy()[None],
+                    "log_q": log_q.detach().cpu().numpy()[None],
+                },
+                observed_data=observed or None,
+                dims={k: v for k, v in all_dims.items() if k in posterior or k in observed},
+                coords=all_coords,
+                attrs={"inference_library": "ppl_vi", "guide": str(self.guide_spec.get("class"))},
+            )
         idata.sample_stats["loss"] = ("step", self.losses)
-        if posterior_predictive and observed:
-            add_posterior_predictive(idata, self, seed=seed)
+        if (posterior_predictive or log_likelihood) and observed:
+            if posterior_predictive:
+                add_posterior_predictive(
+                    idata, self, seed=seed, dims=dims, coords=coords, log_likelihood=log_likelihood
+                )
+            else:
+                loglik = pointwise_log_likelihood(
+                    self.model, latent, self.model_args, self.model_kwargs, self.info
+                )
+                idata.extend(log_likelihood_group(loglik, 1, num_samples, all_dims, all_coords))
         return idata
 
     def summary(self, num_samples: int = 4000, seed: int | None = None):
