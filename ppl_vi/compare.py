@@ -16,7 +16,6 @@ from ppl_vi.diagnostics import (
     KHAT_BAD,
     KHAT_GOOD,
     khat_verdict,
-    psis,
     psis_resample,
     underdispersion,
 )
@@ -97,8 +96,9 @@ class Report:
         ``w1`` (Wasserstein-1 distance of the two marginals after standardising both with the
         reference mean and sd) and ``ref_mcse`` (the reference mean's Monte Carlo standard error
         in reference sds, ``1/sqrt(ESS)``).
-    khat : float
-        PSIS k-hat of the VI approximation.
+    khat, khat_se : float
+        PSIS k-hat of the VI approximation (on the fit's shared importance set,
+        :meth:`ppl_vi.VIResult.importance`) and its Monte Carlo standard error.
     elbo, elbo_se : float
         Mean of ``log p(x, z) - log q(z)`` over the VI draws, and its standard error.
     vi_time, ref_time : float or None
@@ -119,6 +119,7 @@ class Report:
     losses: np.ndarray | None = None
     vi_draws: dict = field(default_factory=dict, repr=False)
     ref_draws: dict = field(default_factory=dict, repr=False)
+    khat_se: float = float("nan")
 
     @property
     def speedup(self) -> float | None:
@@ -128,7 +129,7 @@ class Report:
 
     @property
     def khat_verdict(self) -> str:
-        return khat_verdict(self.khat)
+        return khat_verdict(self.khat, self.khat_se)
 
     @property
     def max_mean_error(self) -> float:
@@ -142,6 +143,7 @@ class Report:
             "max_abs_mean_error_sd": self.max_mean_error,
             "median_sd_ratio": float(self.table["sd_ratio"].median()),
             "khat": self.khat,
+            "khat_se": self.khat_se,
             "elbo": self.elbo,
             "vi_time_s": self.vi_time,
             "ref_time_s": self.ref_time,
@@ -154,7 +156,7 @@ class Report:
         lines = [
             f"**{self.vi_label}** vs **{self.ref_label}**",
             "",
-            f"- PSIS k-hat: {self.khat:.2f} ({self.khat_verdict})",
+            f"- PSIS k-hat: {self.khat_verdict}",
             f"- ELBO: {self.elbo:.2f} ± {self.elbo_se:.2f}",
             f"- max |mean error|: {self.max_mean_error:.3f} reference sd; median sd ratio "
             f"{self.table['sd_ratio'].median():.2f}",
@@ -269,7 +271,9 @@ def compare(
         NUTS run, a posteriordb reference (:func:`ppl_vi.models.posteriordb.load`), or draws
         ``{site: array (S, *shape)}``. Sites present in both are compared.
     num_samples : int, default 4000
-        VI draws (the same draws give the k-hat and the ELBO).
+        VI draws compared with the reference. The k-hat and the ELBO come from the fit's
+        shared importance set (:meth:`ppl_vi.VIResult.importance`), so every report of the
+        same fit gives the same k-hat.
     seed : int, optional
     vi_label : str, optional
         Name of the VI method in the report (default: guide and ELBO classes).
@@ -285,7 +289,7 @@ def compare(
     Report
     """
     ref, ref_time, ref_label = _reference_draws(reference)
-    samples, log_p, log_q = vi_result._draws(num_samples, seed)
+    samples = vi_result._draws(num_samples, seed)[0]
     if resample:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # k-hat is reported below
@@ -314,8 +318,8 @@ def compare(
             "ref_mcse": _mcse_sd(r, reference),
         }
     table = pd.DataFrame.from_dict(rows, orient="index")
-    lw = (log_p - log_q).detach().cpu().double().numpy()
-    _, khat = psis(lw)
+    imp = vi_result.importance()  # the fit's shared set: the same k-hat as psis_khat
+    khat, lw = imp.khat, imp.log_weights
     guide = vi_result.guide_spec.get("name") or type(vi_result.guide).__name__
     elbo_name = vi_result.elbo_spec.get("name") or vi_result.elbo_spec.get("class")
     label = vi_label or (f"{guide} + {elbo_name}" if elbo_name else str(guide))
@@ -324,11 +328,12 @@ def compare(
     for name, row in big.iterrows():
         flags.append(f"{name}: VI mean is {row.mean_error:+.2f} reference sd off")
     flags += underdispersion(table, SD_RATIO_FLAG)
-    if khat >= KHAT_GOOD:
-        flags.append(khat_verdict(khat))
+    if not (khat + 2 * np.nan_to_num(imp.khat_se) < KHAT_GOOD):
+        flags.append(khat_verdict(khat, imp.khat_se))
     report = Report(
         table=table,
         khat=khat,
+        khat_se=imp.khat_se,
         elbo=float(lw.mean()),
         elbo_se=float(lw.std(ddof=1) / math.sqrt(len(lw))),
         vi_time=getattr(vi_result, "wall_time", None),

@@ -16,7 +16,13 @@ from ppl_vi.predictive import (  # noqa: F401 - public names of this module
     site_dims,
     site_draws,
 )
-from ppl_vi.stats import KHAT_BAD, KHAT_GOOD, psis  # noqa: F401 - public names of this module
+from ppl_vi.stats import (  # noqa: F401 - public names of this module
+    KHAT_BAD,
+    KHAT_GOOD,
+    khat_se,
+    khat_verdict,
+    psis,
+)
 from ppl_vi.stats import arviz as _arviz
 
 
@@ -49,33 +55,6 @@ def plot_losses(losses, path: str | os.PathLike | None = None, title: str = "Tra
 
 
 # ---------------------------------------------------------------------------------- PSIS
-def khat_verdict(khat: float) -> str:
-    """A plain-language reading of a PSIS Pareto k-hat (Yao et al., 2018).
-
-    >>> khat_verdict(0.3)
-    'k-hat 0.3 < 0.5: the approximation is close to the posterior; estimates can be trusted'
-    """
-    if np.isnan(khat) or khat == np.inf:
-        return (
-            f"k-hat {khat}: could not be estimated (too few draws, or non-finite importance "
-            "weights); do not read it as good"
-        )
-    if khat < KHAT_GOOD:
-        return (
-            f"k-hat {khat:.3g} < {KHAT_GOOD}: the approximation is close to the posterior; "
-            "estimates can be trusted"
-        )
-    if khat < KHAT_BAD:
-        return (
-            f"k-hat {khat:.3f} in [{KHAT_GOOD}, {KHAT_BAD}): usable with care; PSIS-corrected "
-            "estimates (psis_resample) are more reliable than the raw draws"
-        )
-    return (
-        f"k-hat {khat:.3f} >= {KHAT_BAD}: the approximation is far from the posterior in its "
-        "tails; do not trust its means and variances, and compare with NUTS"
-    )
-
-
 def psis_resample(
     result, num_samples: int = 1000, num_proposals: int | None = None, seed: int | None = 0
 ) -> dict:

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["KHAT_BAD", "KHAT_GOOD", "MIN_PSIS_DRAWS", "arviz", "psis"]
+__all__ = ["KHAT_BAD", "KHAT_GOOD", "MIN_PSIS_DRAWS", "arviz", "khat_se", "khat_verdict", "psis"]
 
 #: Pareto k-hat thresholds of Yao et al. (2018): below the first the approximation is good,
 #: between them usable with care, above the second unreliable.
@@ -79,3 +79,81 @@ def _normalised(lw: np.ndarray) -> np.ndarray:
     if not np.isfinite(top):
         return np.full_like(lw, -np.log(lw.size))
     return finite - (top + np.log(np.exp(finite - top).sum()))
+
+
+#: How the k-hat's Monte Carlo spread shrinks with the number of draws S: as S ** -KHAT_RATE.
+#: Measured on eight schools (mean-field fit, 8 seeds each): sd 0.112 at S = 2000, 0.085 at
+#: 16000, 0.062 at 64000, 0.036 at 256000, a rate of 0.23 (the tail fit uses ~3 sqrt(S)
+#: draws, so about 1/4 is expected).
+KHAT_RATE = 0.25
+
+
+def khat_se(log_weights, batches: int = 8) -> float:
+    """Monte Carlo standard error of the k-hat of ``log_weights`` (batch method).
+
+    The draws are split into ``batches`` equal parts; the spread of their k-hats, scaled by
+    ``batches ** -KHAT_RATE``, estimates the spread of the k-hat of all draws. NaN when a part
+    has fewer than :data:`MIN_PSIS_DRAWS` draws or its k-hat is not finite.
+    """
+    lw = np.asarray(log_weights, dtype=np.float64).ravel()
+    size = lw.size // batches
+    if size < MIN_PSIS_DRAWS or not np.isfinite(lw).all():
+        return math.nan
+    az = arviz()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ks = [
+            float(az.psislw(lw[b * size : (b + 1) * size].copy(), reff=1.0)[1])
+            for b in range(batches)
+        ]
+    ks = np.asarray(ks)
+    if not np.isfinite(ks).all():
+        return math.nan
+    return float(ks.std(ddof=1) * batches**-KHAT_RATE)
+
+
+_BANDS = (
+    (KHAT_GOOD, "the approximation is close to the posterior; estimates can be trusted"),
+    (
+        KHAT_BAD,
+        "usable with care; PSIS-corrected estimates (psis_resample) are more reliable than "
+        "the raw draws",
+    ),
+    (
+        math.inf,
+        "the approximation is far from the posterior in its tails; do not trust its means and "
+        "variances, and compare with NUTS",
+    ),
+)
+
+
+def khat_verdict(khat: float, se: float | None = None) -> str:
+    """A plain-language reading of a PSIS Pareto k-hat (Yao et al., 2018).
+
+    With its Monte Carlo standard error ``se``, the verdict is that of the upper end of
+    ``khat +- 2 se`` (the conservative reading, and stable across seeds), and a k-hat whose
+    interval straddles 0.5 or 0.7 says so.
+
+    >>> khat_verdict(0.3)
+    'k-hat 0.3 < 0.5: the approximation is close to the posterior; estimates can be trusted'
+    >>> khat_verdict(0.48, 0.02)[:47]
+    'k-hat 0.48 +- 0.02 (0.44 to 0.52, across 0.5):'
+    """
+    if khat is None or np.isnan(khat) or khat == np.inf:
+        return (
+            f"k-hat {khat}: could not be estimated (too few draws, a point-mass guide, or "
+            "non-finite importance weights); do not read it as good"
+        )
+    if se is None or not np.isfinite(se):
+        for bound, text in _BANDS:
+            if khat < bound:
+                if bound == KHAT_GOOD:
+                    return f"k-hat {khat:.3g} < {KHAT_GOOD}: {text}"
+                if bound == KHAT_BAD:
+                    return f"k-hat {khat:.3f} in [{KHAT_GOOD}, {KHAT_BAD}): {text}"
+                return f"k-hat {khat:.3f} >= {KHAT_BAD}: {text}"
+    low, high = khat - 2 * se, khat + 2 * se
+    crossed = [b for b in (KHAT_GOOD, KHAT_BAD) if low < b <= high]
+    span = f"({low:.2f} to {high:.2f}" + (f", across {crossed[0]})" if crossed else ")")
+    text = next(t for b, t in _BANDS if high < b)
+    return f"k-hat {khat:.2f} +- {se:.2f} {span}: {text}"
