@@ -139,6 +139,7 @@ def demo(
         **data,
         num_warmup=num_warmup,
         num_samples=num_samples,
+        num_chains=2,  # R-hat needs two chains to check the reference itself
         progress=progress,
         seed=0,
     )

@@ -205,7 +205,7 @@ def _report_cells(model_spec: str, num_steps: int, num_warmup: int, num_samples:
         ),
         md("## NUTS baseline\n\nPyro's NUTS, one chain; its draws are the reference below."),
         code(
-            "nuts = ppl_vi.run_nuts(model, **data, num_warmup=NUM_WARMUP,\n"
+            "nuts = ppl_vi.run_nuts(model, **data, num_warmup=NUM_WARMUP, num_chains=2,\n"
             "                      num_samples=NUM_SAMPLES, progress=False, seed=0)\n"
             "print(nuts)\nnuts.summary()"
         ),

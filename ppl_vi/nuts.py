@@ -167,14 +167,14 @@ def run_nuts(
     diverging = np.zeros((num_chains, num_samples), dtype=bool)
     step_size = np.full(num_chains, np.nan)
     accept = np.full(num_chains, np.nan)
-    for c, diag in enumerate(mcmc._diagnostics):
-        if diag is None:
-            continue
-        idx = np.asarray(diag.get("divergences", []), dtype=int)
+    diag = mcmc.diagnostics()  # Pyro's public per-chain sampler statistics
+    for c in range(num_chains):
+        key = f"chain {c}"
+        idx = np.asarray(diag.get("divergences", {}).get(key, []), dtype=int)
         diverging[c, idx[(idx >= 0) & (idx < num_samples)]] = True
-        step_size[c] = diag.get("step_size", np.nan)
-        accept[c] = float(diag.get("acceptance rate", np.nan))
-    return NUTSResult(
+        step_size[c] = diag.get("step_size", {}).get(key, np.nan)
+        accept[c] = float(diag.get("acceptance rate", {}).get(key, np.nan))
+    result = NUTSResult(
         model=model,
         model_args=args,
         model_kwargs=kwargs,
@@ -194,6 +194,8 @@ def run_nuts(
         },
         device=dev,
     )
+    result.mcmc = mcmc
+    return result
 
 
 class NUTSResult:
@@ -212,6 +214,9 @@ class NUTSResult:
         Adapted step size and mean acceptance probability of each chain.
     wall_time : float
         Seconds of sampling, warm-up included.
+    mcmc : pyro.infer.MCMC or None
+        The sampler that produced the draws (``mcmc.summary()``, ``mcmc.diagnostics()``,
+        ``arviz.from_pyro(mcmc)``); None for a result loaded from a file.
     settings : dict
         ``num_warmup``, ``num_samples``, ``num_chains``, ``seed`` and the NUTS options.
     """
@@ -241,6 +246,27 @@ class NUTSResult:
         self.wall_time = float(wall_time)
         self.settings = dict(settings)
         self.device = torch.device(device)
+        self.mcmc = None
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.diverging.shape[0])
+
+    def rhat(self) -> dict:
+        """Rank-normalised split R-hat of every scalar component (ArviZ); NaN for one chain."""
+        az = _arviz()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = az.rhat(self.to_inference_data(log_likelihood=False))
+        out = {}
+        for name in table.data_vars:
+            values = np.asarray(table[name].values)
+            if values.ndim == 0:
+                out[name] = float(values)
+                continue
+            for idx in np.ndindex(values.shape):
+                out[f"{name}[{','.join(map(str, idx))}]"] = float(values[idx])
+        return out
 
     def __repr__(self) -> str:
         s = self.settings

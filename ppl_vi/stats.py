@@ -69,6 +69,7 @@ def psis(log_weights) -> tuple[np.ndarray, float]:
         return np.full_like(lw, -np.log(lw.size)), float("-inf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow inside ArviZ's tail fit
         smoothed, khat = arviz().psislw(lw.copy(), reff=1.0)
     return np.asarray(smoothed), float(khat)
 
@@ -102,6 +103,7 @@ def khat_se(log_weights, batches: int = 8) -> float:
     az = arviz()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         ks = [
             float(az.psislw(lw[b * size : (b + 1) * size].copy(), reff=1.0)[1])
             for b in range(batches)

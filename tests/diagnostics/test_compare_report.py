@@ -164,3 +164,60 @@ def test_recommend_picks_the_fastest_accurate_method_or_the_reference():
     assert text.startswith("Use fast good:") and "Also accurate: slow good" in text
     text = recommend({"fast bad": reports["fast bad"]})
     assert text.startswith("Use NUTS:") and "fast bad" in text
+
+
+def test_recommend_refuses_a_method_whose_worst_sd_ratio_is_out_of_band():
+    """A good median (0.98) hides one component at 0.66: the method is not accurate."""
+    import pandas as pd
+
+    from ppl_vi.compare import recommend
+
+    table = pd.DataFrame(
+        {"mean_error": [0.02, 0.05, 0.01], "sd_ratio": [0.99, 0.98, 0.66]},
+        index=["mu", "theta[0]", "sigma_alpha"],
+    )
+    report = ppl_vi.Report(
+        table=table,
+        khat=0.3,
+        elbo=0.0,
+        elbo_se=0.0,
+        vi_time=1.0,
+        ref_time=10.0,
+        ref_label="NUTS",
+        vi_label="IAF + ELBO",
+    )
+    assert report.worst_sd_ratio == ("sigma_alpha", 0.66)
+    text = recommend({"IAF + ELBO": report})
+    assert text.startswith("Use NUTS:") and "worst sd ratio 0.66 (sigma_alpha)" in text
+
+
+def test_compare_flags_misspelled_missing_and_nan_sites():
+    fit = ppl_vi.fit(nn_model.model, **nn_model.load_data(), num_steps=50, progress=False)
+    rng = np.random.default_rng(0)
+    ref = {"mu": rng.normal(size=500), "mu_typo": rng.normal(size=500)}
+    with pytest.warns(
+        UserWarning,
+        match=r"reference site 'mu_typo' is not a site of the fit "
+        r"\(did you mean 'mu'\?\); not compared",
+    ):
+        report = ppl_vi.compare(fit, ref, num_samples=200)
+    assert list(report.table.index) == ["mu"]
+    ref = {"mu": np.full(500, np.nan)}
+    report = ppl_vi.compare(fit, ref, num_samples=200, warn=False)
+    assert any("mu: NaN in the comparison" in f for f in report.flags)
+
+
+def test_compare_flags_an_unhealthy_nuts_reference():
+    data = nn_model.load_data()
+    fit = ppl_vi.fit(nn_model.model, **data, num_steps=200, progress=False)
+    one = ppl_vi.run_nuts(nn_model.model, **data, num_warmup=50, num_samples=100, progress=False)
+    assert one.mcmc is not None and "mu" in one.mcmc.diagnostics()
+    report = ppl_vi.compare(fit, one, num_samples=200, warn=False)
+    assert any("has one chain, so R-hat cannot check" in f for f in report.flags)
+    # two chains that have not mixed: R-hat far above 1.01 is flagged
+    one.chains["mu"] = torch.stack([one.chains["mu"][0], one.chains["mu"][0] + 5.0])
+    one.diverging = np.zeros((2, 100), dtype=bool)
+    one.diverging[1, :3] = True
+    report = ppl_vi.compare(fit, one, num_samples=200, warn=False)
+    assert any("R-hat up to" in f and "on mu" in f for f in report.flags)
+    assert any("3 divergent transitions" in f for f in report.flags)
