@@ -9,14 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
-from ppl_vi import io, models
-from ppl_vi.diagnostics import plot_losses
-from ppl_vi.errors import CheckpointError, FitError
-from ppl_vi.fit import fit
+# Heavy imports (torch, Pyro, ArviZ) happen inside the commands, so `ppl-vi --help` is instant.
+#: Guide and ELBO names of ppl_vi.guides.GUIDES and ppl_vi.elbos.ELBOS (a test keeps them equal).
+GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion")
+ELBO_NAMES = ("elbo", "rb_score", "iwae", "renyi", "stein")
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def load_model(spec: str):
@@ -26,11 +23,14 @@ def load_model(spec: str):
     ``path/to/file.py`` (optionally ``path/to/file.py:function``) that defines the model and a
     ``load_data()`` returning its keyword arguments.
     """
+    from ppl_vi import models
+
     path, _, func = spec.partition(":")
     if path.endswith(".py"):
         file = Path(path)
         if not file.is_file():
             raise SystemExit(f"ppl-vi: model file '{file}' does not exist")
+        print(f"ppl-vi: running model file {file} (its code is executed)", file=sys.stderr)
         module_spec = importlib.util.spec_from_file_location(file.stem, file)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
@@ -48,13 +48,20 @@ def load_model(spec: str):
     return getattr(module, func), module.load_data()
 
 
-def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame | None:
+def write_outputs(result, out: Path, num_samples: int = 4000, khat_draws: int | None = None):
     """Save a fit to ``out``: result.pt, losses.csv, loss.png, run.json, then summary.csv.
 
     The files that need no model evaluation come first, so a model that can no longer be
     evaluated (the reason a fit stopped) still leaves the fit on disk; the summary is then
-    skipped with a message and None is returned.
+    skipped with a message and None is returned. ``run.json`` holds the ELBO estimate and the
+    PSIS k-hat (with its Monte Carlo error) from ``khat_draws`` importance draws (default: the
+    result's shared set; 0 skips them).
     """
+    import numpy as np
+    import pandas as pd
+
+    from ppl_vi.diagnostics import plot_losses
+
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "result.pt")
     pd.DataFrame({"step": np.arange(1, result.num_steps + 1), "loss": result.losses}).to_csv(
@@ -71,6 +78,7 @@ def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame | 
         "wall_time_s": result.wall_time,
         "final_loss_mean_100": float(result.losses[-100:].mean()) if result.num_steps else None,
         "device": str(result.device),
+        **_quality(result, khat_draws),
     }
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     try:
@@ -84,10 +92,45 @@ def write_outputs(result, out: Path, num_samples: int = 4000) -> pd.DataFrame | 
     return summary
 
 
+def _quality(result, khat_draws: int | None) -> dict:
+    """ELBO estimate and PSIS k-hat of a fit (NaN-safe for JSON), from its importance set."""
+    import math
+    import warnings
+
+    if khat_draws == 0 or not result.num_steps:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            imp = result.importance(khat_draws)
+    except Exception as e:  # noqa: BLE001 - the fit is saved; say why the figures are missing
+        print(f"ppl-vi: no k-hat: the model failed on draws from the fit ({e})", file=sys.stderr)
+        return {}
+    lw = imp.log_weights
+    elbo, se = float(lw.mean()), float(lw.std(ddof=1) / math.sqrt(len(lw)))
+
+    def plain(x):
+        return x if math.isfinite(x) else None
+
+    return {
+        "elbo_estimate": plain(elbo),
+        "elbo_estimate_se": plain(se),
+        "khat": plain(imp.khat),
+        "khat_se": plain(imp.khat_se),
+        "khat_draws": len(lw),
+        "khat_verdict": imp.verdict(),
+    }
+
+
 def cmd_fit(args) -> int:
+    from ppl_vi import Polish, io
+    from ppl_vi.errors import FitError
+    from ppl_vi.fit import fit
+
     out = Path(args.out)
     io.check_writable(out / "result.pt", "--out folder's result file")  # before any training
     model, data = load_model(args.model)
+    polish = None if args.no_polish else Polish(num_particles=args.polish_particles)
     try:
         result = fit(
             model,
@@ -98,7 +141,8 @@ def cmd_fit(args) -> int:
             num_particles=args.particles,
             seed=args.seed,
             device=args.device,
-            progress=not args.no_progress,
+            progress="fit" if not args.no_progress else False,
+            polish=polish,
             jit=args.jit,
             checkpoint=args.checkpoint,
             resume=args.resume,
@@ -107,14 +151,21 @@ def cmd_fit(args) -> int:
     except FitError as err:
         print(f"ppl-vi: {err}", file=sys.stderr)
         if err.result is not None and err.result.num_steps:
-            write_outputs(err.result, out)
+            write_outputs(err.result, out, khat_draws=0)
             print(f"wrote the fit up to step {err.result.num_steps} to {out}/", file=sys.stderr)
         return 1
-    summary = write_outputs(result, out)
+    summary = write_outputs(result, out, khat_draws=args.khat_draws)
     print(result)
-    print(summary.round(3).to_string())
+    run = json.loads((out / "run.json").read_text())
+    if run.get("elbo_estimate") is not None:
+        print(
+            f"ELBO {run['elbo_estimate']:.6g} +- {run['elbo_estimate_se']:.2g}; PSIS "
+            f"{run['khat_verdict']}"
+        )
+    if summary is not None:
+        print(summary.round(3).to_string())
     print(f"wrote {args.out}/: result.pt losses.csv summary.csv loss.png run.json")
-    return 0
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def demo(
@@ -123,11 +174,15 @@ def demo(
     progress: bool = True,
     num_warmup: int = 500,
     num_samples: int = 1000,
-) -> pd.DataFrame:
+):
     """Fit eight schools with four VI methods, run NUTS, and write a comparison report."""
     import warnings
 
+    import pandas as pd
+    import torch
+
     from ppl_vi.compare import FAST_METHOD, STANDARD_METHODS, compare
+    from ppl_vi.fit import fit
     from ppl_vi.models import eight_schools
     from ppl_vi.nuts import run_nuts
 
@@ -154,7 +209,7 @@ def demo(
     methods.append((fast_label, {**fast_kwargs, "num_steps": fast_steps}, True))
     for k, (label, fit_kwargs, resample) in enumerate(methods):
         guide, elbo = fit_kwargs["guide"], fit_kwargs["elbo"]
-        result = fit(eight_schools.model, **data, **fit_kwargs, progress=progress, seed=0)
+        result = fit(eight_schools.model, **data, **fit_kwargs, progress=progress and label, seed=0)
         if k == 0:
             write_outputs(result, out)
         with warnings.catch_warnings():
@@ -178,7 +233,7 @@ def demo(
     lines = [
         "# ppl-vi demo: eight schools (non-centred), VI vs NUTS",
         "",
-        f"NUTS (Pyro, 1 chain, {num_warmup} warm-up + {num_samples} draws): "
+        f"NUTS (Pyro, 2 chains, {num_warmup} warm-up + {num_samples} draws each): "
         f"{nuts.wall_time:.1f} s, {nuts.num_divergences} divergences. Each VI method: "
         f"{num_steps} steps (the full-rank recipe: {fast_steps}). Everything: "
         f"{elapsed:.0f} s, torch threads: "
@@ -220,7 +275,7 @@ def cmd_tutorials(args) -> int:
     paths = [Path(p) for p in args.notebooks] or sorted(src.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
         raise ValueError(f"no notebooks in {src}; run 'ppl-vi tutorials build' first")
-    for record in notebooks.run(paths, smoke=args.smoke):
+    for record in notebooks.run(paths, smoke=args.smoke, progress=True):
         print(f"ran {record.path} ({record.cells} cells, {record.seconds:.0f} s)")
     return 0
 
@@ -240,60 +295,128 @@ def cmd_notebook(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ppl-vi")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="ppl-vi", description="Variational inference on Pyro models."
+        prog="ppl-vi", description="Variational inference on Pyro models.", formatter_class=fmt
     )
+    parser.add_argument("--version", action="version", version=f"ppl-vi {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("fit", help="fit a zoo model or a model file and write the result")
-    p.add_argument("model", help="zoo name (e.g. eight_schools) or path/to/model.py[:function]")
-    p.add_argument("--guide", default="mean_field")
-    p.add_argument("--elbo", default="elbo")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--particles", type=int, default=None, help="default: the ELBO's own")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    model_help = (
+        "a zoo model (e.g. eight_schools) or path/to/model.py[:function] defining the model and "
+        "load_data(); a model file is executed as Python code, as `python model.py` would"
+    )
+    p = sub.add_parser(
+        "fit", help="fit a zoo model or a model file and write the result", formatter_class=fmt
+    )
+    p.add_argument("model", help=model_help)
+    p.add_argument("--guide", default="mean_field", choices=GUIDE_NAMES, help="guide family")
+    p.add_argument("--elbo", default="elbo", choices=ELBO_NAMES, help="objective")
+    p.add_argument("--steps", type=int, default=5000, help="optimisation steps, final phase "
+                   "included")  # fmt: skip
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
+    p.add_argument(
+        "--particles",
+        type=int,
+        default=None,
+        help="particles per step in the main phase (default: the ELBO's own)",
+    )
+    p.add_argument(
+        "--polish-particles",
+        type=int,
+        default=16,
+        help="particles per step in the final phase (when the model batches them)",
+    )
+    p.add_argument(
+        "--no-polish",
+        action="store_true",
+        help="no final phase (learning-rate decay, more particles, averaging)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit's random stream")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
     p.add_argument("--jit", action="store_true", help="compile the loss step (Pyro's JIT)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (resumed if it matches)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file: written during the fit, resumed if it matches",
+    )
     p.add_argument(
         "--resume",
         default="auto",
         choices=["auto", "force", "restart"],
-        help="what to do with an existing checkpoint of a different fit",
+        help="for a checkpoint of a different fit: refuse (auto), continue from it "
+        "(force) or overwrite it (restart)",
+    )
+    p.add_argument(
+        "--khat-draws",
+        type=int,
+        default=None,
+        help="importance draws for the ELBO and k-hat in run.json (None: the "
+        "result's shared set of 2**18; 0 skips them)",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=cmd_fit)
-    d = sub.add_parser("demo", help="fit eight schools with three VI methods, compare with NUTS")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=3000)
-    d.add_argument("--warmup", type=int, default=500)
-    d.add_argument("--draws", type=int, default=1000)
-    d.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser(
+        "demo", help="eight schools: four VI methods vs NUTS, with a report", formatter_class=fmt
+    )
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--steps", type=int, default=3000, help="steps per VI method")
+    d.add_argument("--warmup", type=int, default=500, help="NUTS warm-up per chain")
+    d.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(run=cmd_demo)
-    t = sub.add_parser("tutorials", help="build (py:percent -> ipynb) or run the tutorials")
+    t = sub.add_parser(
+        "tutorials", help="build (py:percent -> ipynb) or run the tutorials", formatter_class=fmt
+    )
     tsub = t.add_subparsers(dest="action", required=True)
-    tb = tsub.add_parser("build", help="convert tutorials/NN_*.py to .ipynb (drops outputs)")
+    tb = tsub.add_parser(
+        "build", help="convert tutorials/NN_*.py to .ipynb (drops outputs)", formatter_class=fmt
+    )
     tb.add_argument("sources", nargs="*", help="only these .py sources (default: all)")
     tb.add_argument("--src", default="tutorials", help="tutorial folder")
-    tr = tsub.add_parser("run", help="execute the notebooks and store their outputs")
+    tr = tsub.add_parser(
+        "run", help="execute the notebooks and store their outputs", formatter_class=fmt
+    )
     tr.add_argument("notebooks", nargs="*", help="only these .ipynb files (default: all)")
     tr.add_argument("--src", default="tutorials", help="tutorial folder")
     tr.add_argument("--smoke", action="store_true", help="tiny sizes (seconds per notebook)")
     t.set_defaults(run=cmd_tutorials)
-    n = sub.add_parser("notebook", help="write and execute a VI-vs-NUTS report for a model file")
-    n.add_argument("model", help="path/to/model.py[:function] (with load_data()) or zoo name")
+    n = sub.add_parser(
+        "notebook", help="write and execute a VI-vs-NUTS report for a model", formatter_class=fmt
+    )
+    n.add_argument("model", help=model_help)
     n.add_argument("--out", required=True, help="the .ipynb to write")
-    n.add_argument("--steps", type=int, default=3000)
-    n.add_argument("--warmup", type=int, default=500)
-    n.add_argument("--draws", type=int, default=1000)
-    n.add_argument("--smoke", action="store_true")
+    n.add_argument("--steps", type=int, default=3000, help="steps per VI method")
+    n.add_argument("--warmup", type=int, default=500, help="NUTS warm-up per chain")
+    n.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain")
+    n.add_argument("--smoke", action="store_true", help="tiny sizes (a quick check)")
     n.set_defaults(run=cmd_notebook)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, CheckpointError) as e:
+    except KeyboardInterrupt:
+        print("ppl-vi: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError) as e:
+        print(f"ppl-vi: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "CheckpointError":
+            raise
         print(f"ppl-vi: error: {e}", file=sys.stderr)
         return 2
 

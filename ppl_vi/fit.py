@@ -73,7 +73,7 @@ def fit(
     num_particles: int | None = None,
     seed: int | None = 0,
     device="auto",
-    progress: bool = True,
+    progress: bool | str = True,
     convergence: Convergence | None = Convergence(),  # noqa: B008 - frozen dataclass
     polish: Polish | None = Polish(),  # noqa: B008 - frozen dataclass
     checkpoint: str | os.PathLike | None = None,
@@ -122,8 +122,8 @@ def fit(
         Seed of the fit's own random stream; ``None`` draws from the caller's generators.
     device : str, default "auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    progress : bool, default True
-        Show a progress bar with the running mean loss.
+    progress : bool or str, default True
+        Show a progress bar with the running mean loss; a string labels it (e.g. the method).
     convergence : Convergence or None
         Stopping rule; ``None`` runs every step.
     polish : Polish or None
@@ -185,7 +185,7 @@ def fit(
         schedule.check(num_steps)
         policies.append(schedule)
     policies.append(Callbacks([callbacks] if callable(callbacks) else callbacks))
-    bar = ProgressBar(progress)
+    bar = ProgressBar(bool(progress), progress if isinstance(progress, str) else "fit")
     engine = Engine(
         model, guide, elbo, build_optim(optim, lr, clip_norm), policies=[*policies, bar],
         num_particles=num_particles, guide_kwargs=guide_kwargs, elbo_kwargs=elbo_kwargs,

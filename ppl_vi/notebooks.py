@@ -97,6 +97,7 @@ def run(
     kernel_name: str = "python3",
     cwd: str | os.PathLike | None = None,
     write: bool = True,
+    progress: bool = False,
 ) -> list[RunRecord]:
     """Execute notebooks in fresh kernels and store their outputs.
 
@@ -112,6 +113,9 @@ def run(
         Working directory of the kernels (default: each notebook's folder).
     write : bool, default True
         Save the executed notebook over the input (figures included).
+    progress : bool, default False
+        Show a bar per notebook that advances as its code cells finish, labelled with the
+        notebook and the cell that runs (a report notebook spends minutes in NUTS).
 
     Raises
     ------
@@ -135,6 +139,7 @@ def run(
                 kernel_name=kernel_name,
                 resources={"metadata": {"path": str(cwd or path.parent)}},
             )
+            bar = _cell_bar(client, nb, path.name) if progress else None
             start = time.perf_counter()
             try:
                 client.execute()
@@ -144,6 +149,9 @@ def run(
                 raise NotebookError(
                     f"{path.name}: cell {index} ({first!r}) failed: {err.ename}: {err.evalue}"
                 ) from None
+            finally:
+                if bar is not None:
+                    bar.close()
             records.append(RunRecord(path, time.perf_counter() - start, len(nb.cells)))
             if write:
                 nbformat.write(nb, path)
@@ -153,6 +161,25 @@ def run(
         else:
             os.environ[SMOKE_ENV] = previous
     return records
+
+
+def _cell_bar(client, nb, label: str):
+    """A tqdm bar over the code cells, advanced by nbclient's cell hooks."""
+    from tqdm import tqdm
+
+    code = sum(1 for c in nb.cells if c.cell_type == "code")
+    bar = tqdm(total=code, desc=label, unit="cell", dynamic_ncols=True)
+
+    def start(cell, cell_index):
+        first = (cell.source.strip().splitlines() or [""])[0]
+        bar.set_postfix_str(first[:40], refresh=True)
+
+    def done(cell, cell_index):
+        bar.update()
+
+    client.on_cell_start = start
+    client.on_cell_complete = done
+    return bar
 
 
 def _failing_cell(nb):
@@ -285,5 +312,5 @@ def model_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
     if execute:
-        run([out], smoke=smoke)
+        run([out], smoke=smoke, progress=True)
     return out

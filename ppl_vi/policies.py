@@ -355,10 +355,11 @@ class Checkpointing(Policy):
 
 # ------------------------------------------------------------------------------ progress
 class ProgressBar(Policy):
-    """A tqdm bar with the running mean loss."""
+    """A tqdm bar with the running mean loss, labelled ``label``."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, label: str = "fit"):
+        self.enabled = bool(enabled)
+        self.label = label
         self.bar = None
 
     def start(self, engine, state) -> None:
@@ -366,7 +367,7 @@ class ProgressBar(Policy):
             total=state.num_steps,
             initial=state.step,
             disable=not self.enabled or state.phase == "done",
-            desc="fit",
+            desc=self.label,
             unit="step",
             mininterval=0.25,
             dynamic_ncols=True,

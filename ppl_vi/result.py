@@ -163,12 +163,16 @@ class VIResult:
 
     def __repr__(self) -> str:
         name = self.guide_spec.get("name") or self.guide_spec.get("class")
-        state = "converged" if self.converged else "not converged"
+        state = (
+            "stopped early: the loss was flat"
+            if self.converged
+            else "the early-stop rule did not fire"
+        )
         if self.interrupted:
             state = "interrupted"
         last = self.losses[-100:].mean() if self.num_steps else float("nan")
         return (
-            f"VIResult(model={self.info.name}, guide={name}, steps={self.num_steps}, {state}, "
+            f"VIResult(model={self.info.name}, guide={name}, ran {self.num_steps} steps ({state}), "
             f"final mean loss={last:.6g})"
         )
 

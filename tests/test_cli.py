@@ -1,6 +1,7 @@
 """The ppl-vi command line."""
 
 import json
+import sys
 import textwrap
 
 import numpy as np
@@ -77,9 +78,13 @@ def test_fit_rejects_unknown_models(argv, match):
 
 
 def test_bad_option_is_reported_not_raised(tmp_path, capsys):
-    code = main(["fit", "normal_normal", "--guide", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "normal_normal", "--guide", "nope", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'nope' (choose from 'mean_field', " in capsys.readouterr().err
+    code = main(["fit", "normal_normal", "--steps", "0", "--out", str(tmp_path)])
     assert code == 2
-    assert "unknown guide 'nope'; available guides: mean_field, " in capsys.readouterr().err
+    assert "num_steps must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_demo_writes_a_report(tmp_path):
@@ -170,3 +175,101 @@ def test_fit_failure_writes_the_partial_fit(tmp_path, capsys):
     assert "non-finite" in err and "wrote the fit up to step" in err
     losses = pd.read_csv(out / "losses.csv")
     assert 40 < len(losses) < 60
+
+
+def test_help_lists_every_option_with_its_default_and_choices(capsys):
+    import re
+
+    from ppl_vi.cli import ELBO_NAMES, GUIDE_NAMES
+    from ppl_vi.elbos import ELBOS
+    from ppl_vi.guides import GUIDES
+
+    assert GUIDE_NAMES == tuple(GUIDES) and ELBO_NAMES == tuple(ELBOS)
+    for command in (["fit"], ["demo"], ["notebook"], ["tutorials", "run"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        options = re.findall(r"^  (--[\w-]+)", text, flags=re.M)
+        assert options, text
+        blocks = re.split(r"\n  (?=-)", text.split("options:")[1])[1:]
+        for block in blocks:
+            if block.startswith(("-h", "--help")):
+                continue
+            flag = block.split()[0]
+            takes_value = bool(re.match(r"--[\w-]+ [A-Z_{]", block))
+            assert not takes_value or "(default:" in block, f"{command} {flag}: {block}"
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "{mean_field,full_rank,iaf,hvm,amortized,diffusion}" in text
+    assert "executed as Python code" in text.replace("\n", " ").replace("  ", " ")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("ppl-vi ")
+
+
+def test_fit_options_reach_fit(tmp_path, monkeypatch):
+    seen = {}
+    real = __import__("ppl_vi.fit", fromlist=["fit"]).fit
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["ppl_vi.fit"], "fit", spy)
+    out = tmp_path / "a"
+    argv = ["fit", "models.normal_normal", "--steps", "50", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--polish-particles", "4", "--khat-draws", "0"]) == 0
+    assert seen["polish"].num_particles == 4 and seen["num_steps"] == 50
+    assert main([*argv, "--no-polish", "--khat-draws", "0"]) == 0
+    assert seen["polish"] is None
+
+
+def test_fit_writes_elbo_and_khat_to_run_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["fit", "models.normal_normal", "--steps", "300", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--khat-draws", "4000"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["khat_draws"] == 4000 and run["khat"] < 0.7 and run["elbo_estimate"] < 0
+    assert "; PSIS k-hat" in capsys.readouterr().out
+    loaded = ppl_vi.load(out / "result.pt", normal_normal.model)
+    assert run["khat"] == pytest.approx(loaded.psis_khat(4000))
+
+
+def test_ctrl_c_exits_130_and_keeps_the_fit(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "long"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ppl_vi.cli",
+        "fit",
+        "models.normal_normal",
+        "--steps",
+        "1000000",
+        "--khat-draws",
+        "0",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.time() + 120
+    while "loss" not in seen and time.time() < deadline and proc.poll() is None:
+        seen += proc.stderr.read(40)  # the bar shows the running loss from step 50 on
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert (out / "result.pt").is_file() and (out / "losses.csv").is_file()
+    loaded = ppl_vi.load(out / "result.pt", normal_normal.model)
+    assert loaded.interrupted and 50 <= loaded.num_steps < 1000000
+    del os
