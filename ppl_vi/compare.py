@@ -184,57 +184,95 @@ class Report:
         lines += ["", self.table.round(digits).to_markdown()]
         return "\n".join(lines) + "\n"
 
+    def shown_components(self, max_params: int = 12) -> list[str]:
+        """The components a figure shows: every scalar site first (hyperparameters such as
+        ``tau``), then the worst of the rest by |mean error| and by |log sd ratio|."""
+        table = self.table
+        scalars = [n for n in table.index if "[" not in n]
+        errors = table["mean_error"].abs().sort_values(ascending=False).index
+        ratios = np.abs(np.log(table["sd_ratio"].clip(lower=1e-12))).sort_values(ascending=False)
+        chosen = list(dict.fromkeys(scalars))[:max_params]
+        for a, b in zip(errors, ratios.index, strict=True):
+            for name in (a, b):
+                if len(chosen) < max_params and name not in chosen:
+                    chosen.append(name)
+        return chosen
+
     def plot(self, path: str | os.PathLike | None = None, max_params: int = 12) -> Figure:
         """Overlaid marginal densities, a forest plot, the loss curve and the k-hat panel.
 
-        Shows the first ``max_params`` components (ordered by |mean error|, largest first, so
-        the worst ones are always visible). Saves a PNG when ``path`` is given.
+        Shows at most ``max_params`` components (:meth:`shown_components`: every scalar site,
+        then the worst by mean error and by sd ratio) and says so when some are left out.
+        Every panel names the method. Saves a PNG when ``path`` is given.
+
+        Drawn with matplotlib directly: ArviZ's plots each make their own figure through
+        pyplot, and this is one composite figure made without pyplot (no display needed).
         """
-        names = list(self.table["mean_error"].abs().sort_values(ascending=False).index)
-        names = names[:max_params]
+        names = self.shown_components(max_params)
+        vi, ref = self.vi_label, self.ref_label
         ncol = 4
         nrow_marg = math.ceil(len(names) / ncol)
-        fig = Figure(figsize=(13, 2.4 * nrow_marg + 4.2), layout="constrained")
+        fig = Figure(figsize=(13, 2.4 * nrow_marg + 4.6), layout="constrained")
+        omitted = len(self.table) - len(names)
+        note = (
+            f" (showing {len(names)} of {len(self.table)} components: the scalar sites and the "
+            "largest errors; the report's table has all)"
+            if omitted
+            else ""
+        )
+        fig.suptitle(f"{vi} vs {ref}{note}", fontsize=10)
         grid = fig.add_gridspec(nrow_marg + 2, ncol)
         for k, name in enumerate(names):
-            ax = fig.add_subplot(grid[k // ncol, k % ncol])
-            ref, vi = self.ref_draws[name], self.vi_draws[name]
-            lo, hi = np.quantile(np.concatenate([ref, vi]), [0.005, 0.995])
+            self._marginal(fig.add_subplot(grid[k // ncol, k % ncol]), name, legend=k == 0)
+        self._forest(fig.add_subplot(grid[nrow_marg:, :2]), names)
+        self._loss(fig.add_subplot(grid[nrow_marg:, 2]))
+        self._khat(fig.add_subplot(grid[nrow_marg:, 3]))
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
+    def _marginal(self, ax, name: str, legend: bool) -> None:
+        ref, vi = self.ref_draws[name], self.vi_draws[name]
+        finite = np.concatenate([ref, vi])
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            lo, hi = np.quantile(finite, [0.005, 0.995])
             xs = np.linspace(lo, hi, 200)
-            for draws, label, color in ((ref, self.ref_label, "0.3"), (vi, "VI", "C0")):
-                if np.std(draws) > 0:
+            for draws, label, color in ((ref, self.ref_label, "0.3"), (vi, self.vi_label, "C0")):
+                if np.isfinite(draws).all() and np.std(draws) > 0:
                     ax.plot(xs, gaussian_kde(draws)(xs), color=color, label=label, lw=1.4)
-            row = self.table.loc[name]
-            ax.set_title(
-                f"{name}: err {row.mean_error:+.2f} sd, sd ratio {row.sd_ratio:.2f}", fontsize=8
-            )
-            ax.tick_params(labelsize=7)
-            ax.set_yticks([])
-            if k == 0:
-                ax.legend(fontsize=7)
-        # forest plot, standardised by the reference
-        ax = fig.add_subplot(grid[nrow_marg:, :2])
+        row = self.table.loc[name]
+        ax.set_title(
+            f"{name}: err {row.mean_error:+.2f} sd, sd ratio {row.sd_ratio:.2f}", fontsize=8
+        )
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+        if legend:
+            ax.legend(fontsize=6)
+
+    def _forest(self, ax, names: list[str]) -> None:
         rows = self.table.loc[names]
         y = np.arange(len(names))[::-1]
         for offset, (draws, color, label) in enumerate(
-            ((self.ref_draws, "0.3", self.ref_label), (self.vi_draws, "C0", "VI"))
+            ((self.ref_draws, "0.3", self.ref_label), (self.vi_draws, "C0", self.vi_label))
         ):
-            z = [
-                (np.quantile(draws[n], [0.05, 0.5, 0.95]) - rows.loc[n, "ref_mean"])
-                / rows.loc[n, "ref_sd"]
-                for n in names
-            ]
-            z = np.array(z)
+            z = np.array(
+                [
+                    (np.quantile(draws[n], [0.05, 0.5, 0.95]) - rows.loc[n, "ref_mean"])
+                    / rows.loc[n, "ref_sd"]
+                    for n in names
+                ]
+            )
             yy = y + (0.15 if offset == 0 else -0.15)
-            ax.hlines(yy, z[:, 0], z[:, 2], color=color, lw=2, label=f"{label} 90% interval")
+            ax.hlines(yy, z[:, 0], z[:, 2], color=color, lw=2, label=f"{label}: 90% interval")
             ax.plot(z[:, 1], yy, "o", color=color, ms=4)
         ax.set_yticks(y, names, fontsize=7)
         ax.axvline(0, color="0.7", lw=0.8)
         ax.set_xlabel("(value - reference mean) / reference sd")
-        ax.set_title("forest plot (standardised)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        # loss curve
-        ax = fig.add_subplot(grid[nrow_marg:, 2])
+        ax.set_title(f"{self.vi_label} vs {self.ref_label}: standardised intervals", fontsize=8)
+        ax.legend(fontsize=6, loc="lower right")
+
+    def _loss(self, ax) -> None:
         if self.losses is not None and len(self.losses):
             losses = np.asarray(self.losses, float)
             ax.plot(losses, color="0.75", lw=0.5)
@@ -248,21 +286,29 @@ class Report:
             lo, hi = np.percentile(losses, [1, 99])
             ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
         ax.set_xlabel("step")
-        ax.set_title("VI loss (negative bound)", fontsize=9)
-        # k-hat panel
-        ax = fig.add_subplot(grid[nrow_marg:, 3])
-        color = "C2" if self.khat < KHAT_GOOD else ("C1" if self.khat < KHAT_BAD else "C3")
-        ax.bar([0], [min(self.khat, 1.5)], color=color, width=0.5)
-        ax.set_xlim(-0.5, 1.0)
-        for t, lab in ((KHAT_GOOD, "0.5: good below"), (KHAT_BAD, "0.7: unreliable above")):
-            ax.axhline(t, color="0.4", ls="--", lw=0.8)
-            ax.text(0.3, t + 0.02, lab, fontsize=7)
-        ax.set_ylim(0, max(1.2, min(self.khat, 1.5) + 0.1))
+        ax.set_title(f"{self.vi_label}: loss (negative bound)", fontsize=8)
+
+    def _khat(self, ax) -> None:
+        """The k-hat with its Monte Carlo interval against the bands of Yao et al. (2018)."""
+        top = 1.2
+        for lo, hi, color, label in (
+            (0.0, KHAT_GOOD, "C2", "good"),
+            (KHAT_GOOD, KHAT_BAD, "C1", "usable with care"),
+            (KHAT_BAD, top, "C3", "do not trust"),
+        ):
+            ax.axhspan(lo, hi, color=color, alpha=0.15)
+            ax.text(0.98, (lo + hi) / 2, label, fontsize=7, ha="right", va="center",
+                    transform=ax.get_yaxis_transform())  # fmt: skip
+        khat = self.khat if np.isfinite(self.khat) else np.nan
+        se = self.khat_se if np.isfinite(self.khat_se) else 0.0
+        if np.isfinite(khat):
+            shown = min(khat, top - 0.05)
+            ax.errorbar([0.3], [shown], yerr=[[2 * se], [2 * se]], fmt="o", color="k", capsize=4)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, top)
         ax.set_xticks([])
-        ax.set_title(f"PSIS k-hat = {self.khat:.2f}", fontsize=9)
-        if path is not None:
-            fig.savefig(path, dpi=110)
-        return fig
+        se_text = f" +- {2 * se:.2f} (2 se)" if se else ""
+        ax.set_title(f"{self.vi_label}: PSIS k-hat {khat:.2f}{se_text}", fontsize=8)
 
 
 def compare(

@@ -221,3 +221,27 @@ def test_compare_flags_an_unhealthy_nuts_reference():
     report = ppl_vi.compare(fit, one, num_samples=200, warn=False)
     assert any("R-hat up to" in f and "on mu" in f for f in report.flags)
     assert any("3 divergent transitions" in f for f in report.flags)
+
+
+def test_figure_names_its_method_shows_scalars_and_says_what_it_leaves_out(tmp_path):
+    from ppl_vi.models import eight_schools
+
+    data = eight_schools.load_data()
+    fit = ppl_vi.fit(eight_schools.model, **data, num_steps=300, progress=False)
+    report = ppl_vi.compare(
+        fit,
+        eight_schools.reference_draws(),
+        num_samples=500,
+        warn=False,
+        vi_label="mean-field + ELBO",
+    )
+    shown = report.shown_components(6)
+    assert shown[:2] == ["mu", "tau"] and len(shown) == 6
+    fig = report.plot(tmp_path / "report.png", max_params=6)
+    assert "mean-field + ELBO vs reference draws (showing 6 of 18 components" in (
+        fig._suptitle.get_text()
+    )
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("mean-field + ELBO" in t for t in titles) == 3  # forest, loss, k-hat
+    assert any(t.startswith("tau:") for t in titles)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
