@@ -381,10 +381,18 @@ def is_user_file(filename: str | None) -> bool:
         return True
 
 
+def place(filename: str, lineno: int) -> str:
+    """``file.py:12`` without the folder (no machine paths in messages); a notebook cell (an
+    IPython temporary file) is ``notebook cell, line 12``."""
+    if "ipykernel_" in filename or filename.startswith("<ipython-input"):
+        return f"notebook cell, line {lineno}"
+    return f"{Path(filename).name}:{lineno}"
+
+
 def _where(filename: str, lineno: int) -> str:
     line = linecache.getline(filename, lineno).strip()
-    place = f"{Path(filename).name}:{lineno}"
-    return f"{place}: `{line}`" if line else place
+    where = place(filename, lineno)
+    return f"{where}: `{line}`" if line else where
 
 
 def user_line(exc: BaseException) -> str | None:

@@ -21,10 +21,8 @@ fit with ``jit=True`` sees the same particles as one without, step for step.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 import weakref
-from pathlib import Path
 
 import pyro
 import pyro.ops.jit
@@ -33,6 +31,8 @@ from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_identically_zero, torch_item
 from pyro.util import warn_if_nan
+
+from ppl_vi.infer_util import is_user_file, place
 
 
 class JitUnsupported(Exception):
@@ -291,11 +291,6 @@ class JitELBO(ELBO):
         return loss
 
 
-_LIBRARY_DIRS = tuple(
-    str(Path(m.__file__).parent) for m in (torch, pyro, sys.modules[__name__.split(".")[0]])
-)
-
-
 def _user_code_warning(caught) -> str | None:
     """``file:line`` where code outside torch, Pyro and ppl-vi turned a tensor into a Python value.
 
@@ -307,8 +302,8 @@ def _user_code_warning(caught) -> str | None:
         if "Converting a tensor to a Python" not in str(w.message):
             continue
         if issubclass(w.category, torch.jit.TracerWarning) and w.filename:
-            if not str(Path(w.filename).resolve()).startswith(_LIBRARY_DIRS):
-                return f"{w.filename}:{w.lineno}"
+            if is_user_file(w.filename):
+                return place(w.filename, w.lineno)
     return None
 
 

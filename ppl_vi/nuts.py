@@ -141,16 +141,17 @@ def run_nuts(
         ignore_jit_warnings=True,
         max_plate_nesting=info.max_plate_nesting,
     )
-    mcmc = MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=num_warmup,
-        num_chains=num_chains,
-        disable_progbar=not progress,
-        mp_context="spawn" if dev.type == "cuda" and num_chains > 1 else None,
-    )
     with LOCK, seeded(seed), device_context(dev), warnings.catch_warnings():
+        # Pyro says so when it builds the sampler; the docstring says it here
         warnings.filterwarnings("ignore", message=".*Chains will be drawn sequentially")
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=num_warmup,
+            num_chains=num_chains,
+            disable_progbar=not progress,
+            mp_context="spawn" if dev.type == "cuda" and num_chains > 1 else None,
+        )
         start = time.perf_counter()
         mcmc.run(*args, **kwargs)
         wall = time.perf_counter() - start

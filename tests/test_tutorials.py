@@ -89,3 +89,23 @@ def test_notebook_command_on_a_new_users_model(tmp_path, monkeypatch):
     assert "mean-field + ELBO" in text and "NUTS" in text
     assert "Use " in text  # the recommendation
     assert any(o.get("data", {}).get("image/png") for o in outputs(nb))
+
+
+def test_committed_notebooks_carry_no_stderr_or_machine_paths():
+    """Outputs are what a reader should see: no warnings on stderr, no temporary folders."""
+    import json
+    import re
+
+    paths = sorted(Path("tutorials").glob("[0-9][0-9]_*.ipynb"))
+    assert paths
+    machine = re.compile(r"/tmp/|/root/|/home/|/work/|ipykernel_|site-packages")
+    for path in paths:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"], start=1):
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) + "".join(
+                    "".join(v) if isinstance(v, list) else str(v)
+                    for k, v in out.get("data", {}).items()
+                    if k.startswith("text/")
+                )
+                assert out.get("name") != "stderr", f"{path.name} cell {i}: stderr {text[:200]}"
+                assert not machine.search(text), f"{path.name} cell {i}: {text[:200]}"

@@ -34,6 +34,7 @@
 # not comparable with ELBO losses.
 
 # %%
+import logging
 import warnings
 
 import matplotlib.pyplot as plt
@@ -50,6 +51,7 @@ from ppl_vi.models import normal_normal
 from ppl_vi.notebooks import steps
 
 warnings.filterwarnings("ignore", message="IProgress not found")
+logging.getLogger("pyro").setLevel(logging.WARNING)  # no "Guessed max_plate_nesting" notes
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
 
