@@ -6,6 +6,7 @@
 from .amortized import Amortized, amortization_gap
 from .diffusion import DiffusionChain, DiffusionELBO
 from .full_rank import FullRank
+from .gaussian_mixture import GaussianMixture
 from .hvm import HVM
 from .iaf import IAF
 from .mean_field import MeanField
@@ -17,6 +18,7 @@ GUIDES = {
     "hvm": HVM,
     "amortized": Amortized,
     "diffusion": DiffusionChain,
+    "gaussian_mixture": GaussianMixture,
 }
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "DiffusionChain",
     "DiffusionELBO",
     "FullRank",
+    "GaussianMixture",
     "MeanField",
     "amortization_gap",
 ]

@@ -54,18 +54,21 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
-def move_to_device(obj, device: torch.device):
-    """Move every tensor in (nested tuples, lists and dicts of) ``obj`` to ``device``."""
+def move_to_device(obj, device: torch.device, dtype: torch.dtype | None = None):
+    """Move every tensor in (nested tuples, lists and dicts of) ``obj`` to ``device``, and
+    floating tensors to ``dtype`` when given."""
+    if isinstance(obj, torch.Tensor) and dtype is not None and obj.is_floating_point():
+        return obj.to(device=device, dtype=dtype)
     if isinstance(obj, (torch.Tensor, _PackedSequence)):
         return obj.to(device)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
-        return type(obj)(*(move_to_device(x, device) for x in obj))
+        return type(obj)(*(move_to_device(x, device, dtype) for x in obj))
     if isinstance(obj, tuple):
-        return type(obj)(move_to_device(x, device) for x in obj)
+        return type(obj)(move_to_device(x, device, dtype) for x in obj)
     if isinstance(obj, list):
-        return [move_to_device(x, device) for x in obj]
+        return [move_to_device(x, device, dtype) for x in obj]
     if isinstance(obj, dict):
-        return {k: move_to_device(v, device) for k, v in obj.items()}
+        return {k: move_to_device(v, device, dtype) for k, v in obj.items()}
     return obj
 
 
@@ -139,14 +142,17 @@ def _array(array: np.ndarray, label: str) -> torch.Tensor:
     )
 
 
-def prepare(args: tuple, kwargs: dict, device: torch.device, model=None) -> tuple[tuple, dict]:
-    """Convert (:func:`convert`) and move the model's arguments to ``device``."""
+def prepare(
+    args: tuple, kwargs: dict, device: torch.device, model=None, dtype: torch.dtype | None = None
+) -> tuple[tuple, dict]:
+    """Convert (:func:`convert`) and move the model's arguments to ``device`` (floating
+    tensors to ``dtype`` when given)."""
     labels = input_labels(model, len(args)) if model is not None else None
     args = tuple(
         convert(a, labels[i] if labels else f"model argument {i}") for i, a in enumerate(args)
     )
     kwargs = {k: convert(v, f"argument {k!r}") for k, v in kwargs.items()}
-    return move_to_device(args, device), move_to_device(kwargs, device)
+    return move_to_device(args, device, dtype), move_to_device(kwargs, device, dtype)
 
 
 # ------------------------------------------------------------------ model signature

@@ -49,7 +49,14 @@ from ppl_vi.infer_util import (
 from ppl_vi.policies import Polish, param_names, warn_final_phase_failed
 from ppl_vi.probe import BatchingReport, probe_batching
 from ppl_vi.resolve import elbo_settings, resolve_elbo, resolve_guide
-from ppl_vi.runtime import LOCK, InterruptGuard, rng_state, seeded_state, using_rng
+from ppl_vi.runtime import (
+    LOCK,
+    InterruptGuard,
+    default_dtype,
+    rng_state,
+    seeded_state,
+    using_rng,
+)
 
 __all__ = ["Engine", "TrainState"]
 
@@ -208,6 +215,9 @@ class Engine:
     seed : int or None, default 0
         Seed of the fit's own random stream (the caller's generators are left as they were);
         None draws from (and advances) the caller's global generators.
+    dtype : torch.dtype, optional
+        Run the model and the guide in this floating dtype (floating data are cast, torch's
+        default dtype is set while the engine works); the default leaves both as they are.
     """
 
     def __init__(
@@ -224,6 +234,7 @@ class Engine:
         jit: bool = False,
         device="auto",
         seed: int | None = 0,
+        dtype: torch.dtype | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro program (got {type(model).__name__})")
@@ -239,6 +250,7 @@ class Engine:
         self.guide_kwargs, self.elbo_kwargs, self.jit = guide_kwargs, elbo_kwargs, bool(jit)
         self.device = data.resolve_device(device)
         self.seed = seed
+        self.dtype = dtype
         self.args, self.kwargs = (), {}
         self.info = self.guide = self.elbo = None
         self.elbos: dict = {}
@@ -255,14 +267,15 @@ class Engine:
 
         Everything here happens before step 1; any problem raises here.
         """
-        args, kwargs = data.prepare(args, kwargs, self.device, self.model)
+        with LOCK, default_dtype(self.dtype):
+            args, kwargs = data.prepare(args, kwargs, self.device, self.model, self.dtype)
         self.args, self.kwargs = args, kwargs
         param_state = {"params": {}, "constraints": {}}
         store = pyro.get_param_store()
         with LOCK:  # seeding touches the global generators: not while another fit runs
             rng = None if self.seed is None else seeded_state(self.seed, self.device)
         with LOCK, store.scope(state=param_state), using_rng(rng, self.device):
-            with device_context(self.device):
+            with device_context(self.device), default_dtype(self.dtype):
                 self.info = self._trace(args, kwargs)
                 self.guide, self.guide_spec = resolve_guide(
                     self.guide_arg, self.model, self.guide_kwargs
@@ -423,7 +436,7 @@ class Engine:
             return
         store = pyro.get_param_store()
         with LOCK, store.scope(state=state.param_state), using_rng(state.rng, self.device):
-            with device_context(self.device), self._guard.installed():
+            with device_context(self.device), default_dtype(self.dtype), self._guard.installed():
                 self._active = state
                 try:
                     yield
@@ -451,7 +464,7 @@ class Engine:
         """The model's data for a step: those given at init, or new ones (converted, moved)."""
         if not (args or kwargs):
             return self.args, self.kwargs
-        return data.prepare(args, kwargs, self.device, self.model)
+        return data.prepare(args, kwargs, self.device, self.model, self.dtype)
 
     def _step(self, state: TrainState, args, kwargs, factor: float) -> float:
         elbo = self.elbos.get(state.phase, self.elbo)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyro.optim.optim import PyroOptim
 
 from ppl_vi import checkpoint as ckpt
-from ppl_vi import data, io
+from ppl_vi import data, io, methods
 from ppl_vi.data import move_to_device, resolve_device  # noqa: F401 - public names here
 from ppl_vi.engine import Engine
 from ppl_vi.errors import FitError, NonFiniteLossError  # noqa: F401 - public names here
@@ -37,7 +37,7 @@ __all__ = ["Convergence", "FitState", "NonFiniteLossError", "Polish", "fit"]
 OPTIONS = frozenset(
     "guide elbo num_steps lr optim num_particles seed device progress convergence polish "
     "checkpoint checkpoint_every resume callbacks clip_norm lr_schedule guide_kwargs "
-    "elbo_kwargs jit model_kwargs".split()
+    "elbo_kwargs jit model_kwargs init dtype".split()
 )
 
 
@@ -45,6 +45,24 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1 (got {name}={value!r})")
     return int(value)
+
+
+def _check_options(options: dict) -> tuple:
+    num_steps = _positive_int("num_steps", options["num_steps"])
+    num_particles = options["num_particles"]
+    if num_particles is not None:
+        num_particles = _positive_int("num_particles", num_particles)
+    checkpoint_every = _positive_int("checkpoint_every", options["checkpoint_every"])
+    convergence, polish, resume = options["convergence"], options["polish"], options["resume"]
+    if convergence is not None and not isinstance(convergence, Convergence):
+        raise TypeError(
+            f"convergence must be a ppl_vi.Convergence or None (got {type(convergence).__name__})"
+        )
+    if polish is not None and not isinstance(polish, Polish):
+        raise TypeError(f"polish must be a ppl_vi.Polish or None (got {type(polish).__name__})")
+    if resume not in ckpt.RESUME_MODES:
+        raise ValueError(f"resume must be one of {ckpt.RESUME_MODES} (got resume={resume!r})")
+    return num_steps, num_particles, checkpoint_every
 
 
 def _split_options(fn):
@@ -86,6 +104,8 @@ def fit(
     elbo_kwargs: dict | None = None,
     jit: bool = False,
     model_kwargs: dict | None = None,
+    init=None,
+    dtype=None,
     **kwargs,
 ) -> VIResult:
     """Fit a guide to a Pyro model by stochastic variational inference.
@@ -151,6 +171,21 @@ def fit(
     model_kwargs : dict, optional
         The model's keyword arguments, kept apart from fit's options (needed when the model
         has an argument named like one of them, e.g. ``seed``).
+    init : "pathfinder", VIResult or None
+        Start from Pathfinder's best Gaussian (run first, or a result of
+        ``fit(guide="pathfinder")``): a full-rank guide (and ``guide="bam"``) starts at that
+        Gaussian, a mean-field guide at its means and sds, other guides that take
+        ``init_loc_fn`` / ``init_scale`` at its means with the median of its sds.
+
+    dtype : torch.dtype, optional
+        Run the model and the guide in this floating dtype (floating data are cast; e.g.
+        ``torch.float64`` for badly conditioned posteriors). Default: torch's default dtype,
+        except for ``"pathfinder"``, ``"bam"`` and ``"auto"``, which run in float64.
+
+    ``guide`` also names methods that fit a Gaussian without stochastic gradients:
+    ``"pathfinder"`` (:func:`ppl_vi.gaussian_vi.fit_pathfinder`), ``"bam"`` (batch and
+    match, :class:`ppl_vi.gaussian_vi.BatchMatch`) and ``"auto"`` (:func:`ppl_vi.auto.fit_auto`:
+    Pathfinder, then refinements until a trust check passes, with a verdict).
 
     Returns
     -------
@@ -162,18 +197,9 @@ def fit(
         When training stops after it started; ``err.result`` holds the fit up to the last
         completed step (never a bad update). Ctrl-C instead returns that partial result.
     """
-    num_steps = _positive_int("num_steps", num_steps)
-    if num_particles is not None:
-        num_particles = _positive_int("num_particles", num_particles)
-    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
-    if convergence is not None and not isinstance(convergence, Convergence):
-        raise TypeError(
-            f"convergence must be a ppl_vi.Convergence or None (got {type(convergence).__name__})"
-        )
-    if polish is not None and not isinstance(polish, Polish):
-        raise TypeError(f"polish must be a ppl_vi.Polish or None (got {type(polish).__name__})")
-    if resume not in ckpt.RESUME_MODES:
-        raise ValueError(f"resume must be one of {ckpt.RESUME_MODES} (got resume={resume!r})")
+    if isinstance(guide, str) and guide in methods.GAUSSIAN_METHODS:
+        return methods.run_method(guide, fit, model, model_args, locals(), kwargs)
+    num_steps, num_particles, checkpoint_every = _check_options(locals())
     if model_kwargs is not None:
         clash = sorted(set(model_kwargs) & set(kwargs))
         if clash:
@@ -185,16 +211,26 @@ def fit(
         schedule.check(num_steps)
         policies.append(schedule)
     policies.append(Callbacks([callbacks] if callable(callbacks) else callbacks))
+    start_gaussian = None
+    if init is not None:
+        start_gaussian, guide_kwargs = methods.start_from(init, model, model_args, kwargs, locals())
     bar = ProgressBar(bool(progress), progress if isinstance(progress, str) else "fit")
-    engine = Engine(
-        model, guide, elbo, build_optim(optim, lr, clip_norm), policies=[*policies, bar],
-        num_particles=num_particles, guide_kwargs=guide_kwargs, elbo_kwargs=elbo_kwargs,
-        jit=jit, device=device, seed=seed,
-    )  # fmt: skip
+    if guide == "bam":
+        engine = methods.bam_engine(
+            model, locals(), [p for p in policies if p is not polish] + [bar]
+        )
+    else:
+        engine = Engine(
+            model, guide, elbo, build_optim(optim, lr, clip_norm), policies=[*policies, bar],
+            num_particles=num_particles, guide_kwargs=guide_kwargs, elbo_kwargs=elbo_kwargs,
+            jit=jit, device=device, seed=seed, dtype=dtype,
+        )  # fmt: skip
     path = None if checkpoint is None else io.check_writable(checkpoint, "checkpoint")
     if path is not None:
         io.clean_stale_temp_files(path)
     state = engine.init(*model_args, **kwargs)
+    if start_gaussian is not None:
+        methods.apply_start(engine, state, start_gaussian)
     if path is not None:
         _attach_checkpoint(engine, state, path, checkpoint_every, num_steps, resume)
     start = time.perf_counter()
@@ -205,6 +241,7 @@ def fit(
         err.result = VIResult.from_state(err.state, engine, time.perf_counter() - start)
         raise
     result = VIResult.from_state(state, engine, time.perf_counter() - start)
+    methods.annotate(result, guide, start_gaussian)
     if state.interrupted:
         saved = f" (checkpoint saved to '{path}')" if path is not None else ""
         warnings.warn(

@@ -24,7 +24,7 @@ from ppl_vi.predictive import (
     pointwise_log_likelihood,
 )
 from ppl_vi.resolve import resolve_guide
-from ppl_vi.runtime import LOCK, seeded
+from ppl_vi.runtime import LOCK, default_dtype, seeded
 from ppl_vi.stats import arviz as _arviz
 from ppl_vi.stats import khat_se, khat_verdict, psis
 
@@ -114,6 +114,7 @@ class VIResult:
         wall_time: float = float("nan"),
         seed: int | None = None,
         live: dict | None = None,
+        dtype: torch.dtype | None = None,
     ):
         self.model = model
         self.guide = guide
@@ -135,6 +136,15 @@ class VIResult:
         self.seed = seed
         self._full_data = True
         self._importance: dict = {}
+        #: Whether ``sample`` and ``to_inference_data`` resample guide draws with PSIS weights
+        #: (Pathfinder's results, as in the paper); ``_guide_draws`` always gives raw draws.
+        self.resampled = False
+        #: Method-specific diagnostics (e.g. Pathfinder's paths and evaluation counts).
+        self.method_info: dict = {}
+        #: ``fit(guide="auto")``'s conclusion (:class:`ppl_vi.auto.Verdict`), else None.
+        self.verdict = None
+        #: Floating dtype the model and guide run in (None: torch's default at the time).
+        self.dtype = dtype
 
     @classmethod
     def from_state(cls, state, engine, wall_time: float = float("nan")) -> VIResult:
@@ -159,6 +169,7 @@ class VIResult:
             elbo_spec=engine.elbo_spec,
             wall_time=wall_time,
             seed=engine.seed,
+            dtype=engine.dtype,
         )
 
     def __repr__(self) -> str:
@@ -171,10 +182,17 @@ class VIResult:
         if self.interrupted:
             state = "interrupted"
         last = self.losses[-100:].mean() if self.num_steps else float("nan")
-        return (
-            f"VIResult(model={self.info.name}, guide={name}, ran {self.num_steps} steps ({state}), "
-            f"final mean loss={last:.6g})"
-        )
+        if self.method_info.get("method") == "pathfinder":
+            paths = self.method_info["paths"]
+            text = (
+                f"pathfinder, {len(paths)} path(s), best ELBO "
+                f"{max(p['elbo'] for p in paths):.6g}, {self.method_info['num_grads']} gradient "
+                "evaluations"
+            )
+        else:
+            text = f"ran {self.num_steps} steps ({state}), final mean loss={last:.6g}"
+        verdict = f", verdict: {self.verdict}" if self.verdict is not None else ""
+        return f"VIResult(model={self.info.name}, guide={name}, {text}{verdict})"
 
     # ------------------------------------------------------------------ parameters
     @contextlib.contextmanager
@@ -201,7 +219,8 @@ class VIResult:
             state = {"params": scope, "constraints": dict(self._constraints)}
             try:
                 with pyro.get_param_store().scope(state=state), device_context(self.device):
-                    yield
+                    with default_dtype(self.dtype):
+                        yield
             finally:
                 with torch.no_grad():
                     for name, value in state["params"].items():
@@ -287,9 +306,24 @@ class VIResult:
         dict
             Site name -> tensor of shape ``(num_samples, *site_shape)`` for every latent site
             and every ``pyro.deterministic`` site of the model. Plates that subsample during the
-            fit are drawn at full size.
+            fit are drawn at full size. A resampled result (``resampled``, e.g. Pathfinder's)
+            returns guide draws resampled with their Pareto-smoothed importance weights.
         """
-        return self._draws(num_samples, seed)[0]
+        return self._posterior_draws(num_samples, seed)[0]
+
+    def _posterior_draws(self, num_samples: int, seed: int | None):
+        """``_draws``, or for a resampled result (``self.resampled``) ``num_samples`` of
+        ``4 * num_samples`` guide draws picked with replacement with their Pareto-smoothed
+        importance weights (Zhang et al. 2022, Algorithm 2; Yao et al. 2018, sec. 3)."""
+        if not self.resampled:
+            return self._draws(num_samples, seed)
+        samples, log_p, log_q = self._draws(4 * num_samples, seed)
+        smoothed, _ = psis((log_p - log_q).detach().double().cpu().numpy())
+        rng = np.random.default_rng(seed)
+        prob = np.exp(smoothed - smoothed.max())
+        idx = torch.as_tensor(rng.choice(len(prob), size=num_samples, p=prob / prob.sum()))
+        idx = idx.to(log_p.device)
+        return {k: v[idx.to(v.device)] for k, v in samples.items()}, log_p[idx], log_q[idx]
 
     def log_weights(self, num_samples: int = 1000, seed: int | None = None):
         """Log densities of draws from the guide: ``(log_p, log_q)``, each ``(num_samples,)``.
@@ -327,7 +361,7 @@ class VIResult:
         :func:`ppl_vi.diagnostics.loo` corrects them for q.
         """
         az = _arviz()
-        samples, log_p, log_q = self._draws(num_samples, seed)
+        samples, log_p, log_q = self._posterior_draws(num_samples, seed)
         latent = {k: v for k, v in samples.items() if k in self.info.latent}
         all_dims, all_coords = inference_dims(self, latent, dims, coords)
         posterior = {k: v.detach().cpu().numpy()[None] for k, v in samples.items()}
@@ -515,6 +549,9 @@ class VIResult:
             "interrupted": self.interrupted,
             "wall_time": float(self.wall_time),
             "seed": self.seed,
+            "resampled": self.resampled,
+            "dtype": None if self.dtype is None else str(self.dtype).removeprefix("torch."),
+            "method_info": self.method_info,
             "args": io.to_cpu(list(self.model_args)) if data_saved else None,
             "kwargs": io.to_cpu(self.model_kwargs) if data_saved else None,
         }
@@ -543,8 +580,11 @@ def load(
     payload = io.read(path, "result")
     dev = data.resolve_device(device)
     model_args, model_kwargs = io.saved_data(payload, path, model_args, model_kwargs, "ppl_vi.load")
-    args, kwargs = data.prepare(tuple(model_args), dict(model_kwargs), dev, model)
-    with LOCK, device_context(dev):
+    name = payload.get("dtype")
+    dtype = getattr(torch, name) if isinstance(name, str) and name.startswith("float") else None
+    with LOCK, default_dtype(dtype):
+        args, kwargs = data.prepare(tuple(model_args), dict(model_kwargs), dev, model, dtype)
+    with LOCK, device_context(dev), default_dtype(dtype):
         info = model_info(model, args, kwargs)
     info.batched = bool(payload.get("batched", True))
     io.check_model(payload, path, info, "fitted to")
@@ -565,12 +605,13 @@ def load(
         guide_kwargs = spec.get("config") or {}
     else:
         guide_kwargs = None
-    with LOCK, pyro.get_param_store().scope() as param_state, device_context(dev):
+    store = pyro.get_param_store()
+    with LOCK, store.scope() as param_state, device_context(dev), default_dtype(dtype):
         guide_obj, guide_spec = resolve_guide(guide, model, guide_kwargs)
         with poutine.block(), torch.no_grad():
             guide_obj(*args, **kwargs)
         io.restore_params(payload["params"], dev, f"'{path}'")
-    return VIResult(
+    result = VIResult(
         model=model,
         guide=guide_obj,
         model_args=args,
@@ -586,4 +627,8 @@ def load(
         elbo_spec=payload["elbo"],
         wall_time=payload["wall_time"],
         seed=payload["seed"],
+        dtype=dtype,
     )
+    result.resampled = bool(payload.get("resampled", False))
+    result.method_info = dict(payload.get("method_info") or {})
+    return result

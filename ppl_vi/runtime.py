@@ -95,6 +95,23 @@ def using_rng(state: dict | None, device=None):
 
 
 @contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None):
+    """torch's default floating dtype set to ``dtype`` in the block (``None``: unchanged).
+
+    Hold :data:`LOCK`: the default dtype is global to the process.
+    """
+    if dtype is None:
+        yield
+        return
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+@contextlib.contextmanager
 def seeded(seed: int | None):
     """Seed Pyro's generators inside the block and restore the previous state afterwards."""
     if seed is None:

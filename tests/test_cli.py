@@ -88,8 +88,20 @@ def test_bad_option_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_demo_writes_a_report(tmp_path):
-    main(["demo", "--out", str(tmp_path), "--steps", "300", "--warmup", "100", "--draws", "100",
-          "--no-progress"])
+    main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "300",
+            "--warmup",
+            "100",
+            "--draws",
+            "100",
+            "--no-progress",
+        ]
+    )
     report = (tmp_path / "report.md").read_text()
     assert "| tau " in report and "PSIS k-hat" in report
     for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE", "full-rank + ELBO"):

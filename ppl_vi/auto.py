@@ -1,0 +1,233 @@
+"""``fit(model, guide="auto")``: the cheapest Gaussian or flow fit that passes a trust check.
+
+Stages, each started from Pathfinder's best Gaussian:
+
+1. multi-path Pathfinder (seconds, no tuning);
+2. batch-and-match (closed-form full-rank Gaussian updates);
+3. full-rank ADVI (32 vectorized particles, Adam);
+4. an inverse autoregressive flow (non-Gaussian shapes).
+
+After each stage the trust check reads the result's importance set (PSIS k-hat with its Monte
+Carlo error, Vehtari et al. 2024) and the stability of the sds under the importance correction:
+
+- **trusted**: ``khat + 2 se < 0.5`` and every importance-weighted sd within 10% of q's sd;
+  the guide's draws are used as they are.
+- **trusted after importance correction**: ``khat + 2 se < 0.7``; draws are PSIS-resampled
+  (``result.resampled``) and :meth:`~ppl_vi.VIResult.importance_means` are the estimates.
+- otherwise the next stage runs; after the last, the verdict is **use NUTS**, with the
+  k-hats that ruled each stage out, and the result is the stage with the lowest k-hat.
+
+The verdict is ``result.verdict`` (also in ``repr(result)``, the CLI's ``run.json`` and
+:func:`ppl_vi.compare` reports).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ppl_vi.errors import FitError
+from ppl_vi.result import VIResult
+from ppl_vi.stats import KHAT_BAD, KHAT_GOOD
+
+__all__ = ["STAGES", "Verdict", "fit_auto", "trust_check"]
+
+#: Importance draws of each trust check (k-hat sd about 0.07 at this size, measured S^-1/4).
+CHECK_DRAWS = 2**14
+#: Importance-weighted sds must stay within this factor of q's sds for "trusted".
+SD_STABILITY = 0.10
+#: (label, fit options) of the refinement stages after Pathfinder, in order of cost.
+STAGES = (
+    ("batch-and-match", {"guide": "bam", "num_steps": 300, "guide_kwargs": {"batch_size": 32}}),
+    ("full-rank ADVI", {"guide": "full_rank", "num_particles": 32, "lr": 0.05, "num_steps": 1000}),
+    ("IAF", {"guide": "iaf", "num_particles": 8, "lr": 0.01, "num_steps": 3000}),
+)
+
+TRUSTED = "trusted"
+CORRECTED = "trusted after importance correction"
+USE_NUTS = "use NUTS"
+
+
+@dataclass
+class Verdict:
+    """What ``fit(guide="auto")`` concluded.
+
+    Attributes
+    ----------
+    status : str
+        ``"trusted"``, ``"trusted after importance correction"`` or ``"use NUTS"``.
+    method : str
+        The stage whose result was returned.
+    reason : str
+        Why, in words.
+    stages : list of dict
+        Per stage run: ``method``, ``khat``, ``khat_se``, ``sd_stable``, ``wall_s``,
+        ``num_grads`` (log-density gradient evaluations, or particle-gradients for ADVI) and
+        ``error`` when the stage failed.
+    """
+
+    status: str
+    method: str
+    reason: str
+    stages: list = field(default_factory=list)
+
+    @property
+    def trusted(self) -> bool:
+        return self.status != USE_NUTS
+
+    def __str__(self) -> str:
+        return f"{self.status} ({self.method}): {self.reason}"
+
+
+def trust_check(result: VIResult, num_samples: int = CHECK_DRAWS) -> dict:
+    """k-hat, its Monte Carlo error, sd stability and the status they give."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        imp = result.importance(num_samples, seed=0)
+    khat, se = float(imp.khat), float(imp.khat_se)
+    stable = _sd_stable(imp)
+    upper = khat + 2 * se if math.isfinite(se) else khat
+    if not math.isfinite(khat):
+        status = USE_NUTS
+    elif upper < KHAT_GOOD and stable is not False:
+        status = TRUSTED
+    elif upper < KHAT_BAD:
+        status = CORRECTED
+    else:
+        status = USE_NUTS
+    return {"khat": khat, "khat_se": se, "sd_stable": stable, "status": status}
+
+
+def _sd_stable(imp) -> bool | None:
+    """Whether the importance-weighted sd of every component is within :data:`SD_STABILITY`
+    of q's sd (None when the draws were too many to keep)."""
+    if imp.samples is None:
+        return None
+    w = np.exp(imp.smoothed - imp.smoothed.max())
+    w = w / w.sum()
+    for value in imp.samples.values():
+        x = value.double().reshape(len(w), -1).numpy()
+        if not np.issubdtype(x.dtype, np.floating):
+            continue
+        sd_q = x.std(0)
+        mean_w = w @ x
+        sd_w = np.sqrt(np.maximum(w @ (x - mean_w) ** 2, 0.0))
+        ok = np.abs(sd_w / np.where(sd_q > 0, sd_q, np.inf) - 1) <= SD_STABILITY
+        if not np.all(ok | (sd_q == 0)):
+            return False
+    return True
+
+
+def _grads(result: VIResult, options: dict) -> int:
+    info = result.method_info
+    if "num_grads" in info:
+        return int(info["num_grads"])
+    per_step = options.get("num_particles") or options.get("guide_kwargs", {}).get("batch_size", 1)
+    return int(result.num_steps * per_step)
+
+
+def fit_auto(
+    fit,
+    model,
+    *model_args,
+    seed: int | None = 0,
+    device="auto",
+    progress: bool | str = True,
+    model_kwargs: dict | None = None,
+    stages=STAGES,
+    check_draws: int = CHECK_DRAWS,
+    dtype=None,
+    **kwargs,
+) -> VIResult:
+    """Pathfinder, then the stages of :data:`STAGES` until one passes :func:`trust_check`.
+
+    ``fit`` is :func:`ppl_vi.fit` (passed in: this module sits below it);
+    ``fit(model, guide="auto")`` is the way to call this.
+
+    Returns that stage's :class:`~ppl_vi.VIResult` with ``result.verdict`` (a
+    :class:`Verdict`); when none passes, the stage with the lowest k-hat, verdict "use NUTS".
+    A stage that fails (e.g. draws leave the model's support) is recorded and skipped.
+    """
+    import torch
+
+    from ppl_vi.gaussian_vi import fit_pathfinder
+
+    dtype = dtype or torch.float64  # every stage: badly conditioned posteriors need it
+    if model_kwargs:
+        kwargs = {**kwargs, **model_kwargs}
+    show = bool(progress)
+    records, candidates = [], []
+    start = time.perf_counter()
+    t0 = time.perf_counter()
+    pathfinder = fit_pathfinder(
+        model, *model_args, seed=seed, device=device, progress="pathfinder" if show else False,
+        dtype=dtype, **kwargs,
+    )  # fmt: skip
+    check = trust_check(pathfinder, check_draws)
+    records.append({"method": "pathfinder", **check, "wall_s": time.perf_counter() - t0,
+                    "num_grads": _grads(pathfinder, {})})  # fmt: skip
+    candidates.append(("pathfinder", pathfinder, check))
+    for label, options in stages:
+        if check["status"] != USE_NUTS:
+            break
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = fit(model, *model_args, init=pathfinder, seed=seed, device=device,
+                             dtype=dtype, progress=label if show else False, **options,
+                             **kwargs)  # fmt: skip
+        except (FitError, ValueError, RuntimeError) as e:
+            records.append({"method": label, "error": f"{type(e).__name__}: {str(e)[:200]}",
+                            "wall_s": time.perf_counter() - t0, "status": USE_NUTS})  # fmt: skip
+            continue
+        check = trust_check(result, check_draws)
+        records.append({"method": label, **check, "wall_s": time.perf_counter() - t0,
+                        "num_grads": _grads(result, options)})  # fmt: skip
+        candidates.append((label, result, check))
+    label, result, check = _choose(candidates)
+    result.resampled = check["status"] != TRUSTED
+    result.wall_time = time.perf_counter() - start
+    result.verdict = Verdict(check["status"], label, _reason(label, check, records), records)
+    result.method_info = {**result.method_info, "auto": [dict(r) for r in records]}
+    return result
+
+
+def _choose(candidates: list):
+    for label, result, check in candidates:
+        if check["status"] != USE_NUTS:
+            return label, result, check
+    finite = [c for c in candidates if math.isfinite(c[2]["khat"])]
+    return min(finite or candidates, key=lambda c: c[2]["khat"] if finite else 0.0)
+
+
+def _reason(label: str, check: dict, records: list) -> str:
+    ruled_out = [
+        f"{r['method']} (k-hat {r['khat']:.2f} +- {r['khat_se']:.2f})"
+        if "khat" in r
+        else f"{r['method']} (failed: {r['error']})"
+        for r in records
+        if r["method"] != label and r["status"] == USE_NUTS
+    ]
+    before = f" after {', '.join(ruled_out)} did not pass" if ruled_out else ""
+    k = f"k-hat {check['khat']:.2f} +- {check['khat_se']:.2f}"
+    if check["status"] == TRUSTED:
+        return f"{k} below 0.5 and sds stable under importance weighting{before}"
+    if check["status"] == CORRECTED:
+        why = "below 0.7" if check["sd_stable"] is not False else "below 0.7 but sds move"
+        return f"{k} {why}: use the PSIS-resampled draws and importance_means(){before}"
+    return (
+        "no stage passed the trust check: "
+        + ", ".join(
+            f"{r['method']} k-hat {r['khat']:.2f} +- {r['khat_se']:.2f}"
+            if "khat" in r
+            else f"{r['method']} failed"
+            for r in records
+        )
+        + "; the posterior has a shape these families miss (funnel, heavy tails, several "
+        "modes): run NUTS (ppl_vi.run_nuts)"
+    )
