@@ -111,10 +111,8 @@ def reference_schedule(
     2021, eq. 17). The same formulas as :class:`ppl_vi.guides.DiffusionChain` (the model zoo
     does not import the guides).
     """
-    if (
-        isinstance(num_diffusion_steps, bool)
-        or not isinstance(num_diffusion_steps, int)
-        or (num_diffusion_steps < 1)
+    if isinstance(num_diffusion_steps, bool) or not isinstance(num_diffusion_steps, int) or (
+        num_diffusion_steps < 1
     ):
         raise ValueError(
             f"num_diffusion_steps must be an integer >= 1 (got {num_diffusion_steps!r})"
@@ -229,10 +227,14 @@ def model(
         n, d = x.shape
         ref = x
     t_max = num_diffusion_steps
-    betas, abar, net, scale = _components(ref, d, t_max, schedule, beta_min, beta_max, hidden_size)
+    betas, abar, net, scale = _components(
+        ref, d, t_max, schedule, beta_min, beta_max, hidden_size
+    )
     with pyro.plate("data", n, subsample_size=subsample_size, dim=-1) as idx:
         x_batch = None if x is None else x.index_select(0, idx)
-        z = pyro.sample(f"z_{t_max}", dist.Normal(ref.new_zeros(len(idx), d), 1.0).to_event(1))
+        z = pyro.sample(
+            f"z_{t_max}", dist.Normal(ref.new_zeros(len(idx), d), 1.0).to_event(1)
+        )
         for t in range(t_max, 1, -1):
             loc = _reverse_loc(net, z, t, betas, abar)
             z = pyro.sample(f"z_{t - 1}", dist.Normal(loc, scale[t - 1]).to_event(1))

@@ -1,6 +1,7 @@
 """``fit(model, guide="auto")``: the cheapest Gaussian or flow fit that passes a trust check.
 
-Stages, each started from Pathfinder's best Gaussian:
+Stages, each started from Pathfinder's best Gaussian (batch-and-match runs whenever
+Pathfinder is not trusted as it is; the SGD stages only when nothing has passed):
 
 1. multi-path Pathfinder (seconds, no tuning);
 2. batch-and-match (closed-form full-rank Gaussian updates);
@@ -16,6 +17,8 @@ Carlo error, Vehtari et al. 2024) and the stability of the sds under the importa
   (``result.resampled``) and :meth:`~ppl_vi.VIResult.importance_means` are the estimates.
 - otherwise the next stage runs; after the last, the verdict is **use NUTS**, with the
   k-hats that ruled each stage out, and the result is the stage with the lowest k-hat.
+
+The result is the first trusted stage, else the passing stage with the lowest k-hat.
 
 The verdict is ``result.verdict`` (also in ``repr(result)``, the CLI's ``run.json`` and
 :func:`ppl_vi.compare` reports).
@@ -40,12 +43,16 @@ __all__ = ["STAGES", "Verdict", "fit_auto", "trust_check"]
 CHECK_DRAWS = 2**14
 #: Importance-weighted sds must stay within this factor of q's sds for "trusted".
 SD_STABILITY = 0.10
-#: (label, fit options) of the refinement stages after Pathfinder, in order of cost.
+#: (label, fit options, also run after a "trusted after importance correction" stage) of the
+#: refinement stages after Pathfinder, in order of cost: the cheap closed-form refinement is
+#: tried whenever Pathfinder is not trusted as it is; the SGD stages only when nothing passed.
 STAGES = (
-    ("batch-and-match", {"guide": "bam", "num_steps": 300, "guide_kwargs": {"batch_size": 32}}),
-    ("full-rank ADVI", {"guide": "full_rank", "num_particles": 32, "lr": 0.05, "num_steps": 1000}),
-    ("IAF", {"guide": "iaf", "num_particles": 8, "lr": 0.01, "num_steps": 3000}),
-)
+    ("batch-and-match", {"guide": "bam", "num_steps": 300, "guide_kwargs": {"batch_size": 32}},
+     True),
+    ("full-rank ADVI", {"guide": "full_rank", "num_particles": 32, "lr": 0.05, "num_steps": 1000},
+     False),
+    ("IAF", {"guide": "iaf", "num_particles": 8, "lr": 0.01, "num_steps": 3000}, False),
+)  # fmt: skip
 
 TRUSTED = "trusted"
 CORRECTED = "trusted after importance correction"
@@ -91,7 +98,7 @@ def trust_check(result: VIResult, num_samples: int = CHECK_DRAWS) -> dict:
     khat, se = float(imp.khat), float(imp.khat_se)
     stable = _sd_stable(imp)
     upper = khat + 2 * se if math.isfinite(se) else khat
-    if not math.isfinite(khat):
+    if math.isnan(khat) or khat == math.inf:
         status = USE_NUTS
     elif upper < KHAT_GOOD and stable is not False:
         status = TRUSTED
@@ -171,8 +178,9 @@ def fit_auto(
     records.append({"method": "pathfinder", **check, "wall_s": time.perf_counter() - t0,
                     "num_grads": _grads(pathfinder, {})})  # fmt: skip
     candidates.append(("pathfinder", pathfinder, check))
-    for label, options in stages:
-        if check["status"] != USE_NUTS:
+    for label, options, after_corrected in stages:
+        statuses = {c[2]["status"] for c in candidates}
+        if TRUSTED in statuses or (CORRECTED in statuses and not after_corrected):
             break
         t0 = time.perf_counter()
         try:
@@ -198,22 +206,27 @@ def fit_auto(
 
 
 def _choose(candidates: list):
+    """The first trusted stage; else the passing stage with the lowest k-hat; else the lowest
+    k-hat of all."""
     for label, result, check in candidates:
-        if check["status"] != USE_NUTS:
+        if check["status"] == TRUSTED:
             return label, result, check
+    passing = [c for c in candidates if c[2]["status"] == CORRECTED]
+    if passing:
+        return min(passing, key=lambda c: c[2]["khat"])
     finite = [c for c in candidates if math.isfinite(c[2]["khat"])]
     return min(finite or candidates, key=lambda c: c[2]["khat"] if finite else 0.0)
 
 
 def _reason(label: str, check: dict, records: list) -> str:
-    ruled_out = [
-        f"{r['method']} (k-hat {r['khat']:.2f} +- {r['khat_se']:.2f})"
+    others = [
+        f"{r['method']} (k-hat {r['khat']:.2f} +- {r['khat_se']:.2f}, {r['status']})"
         if "khat" in r
         else f"{r['method']} (failed: {r['error']})"
         for r in records
-        if r["method"] != label and r["status"] == USE_NUTS
+        if r["method"] != label
     ]
-    before = f" after {', '.join(ruled_out)} did not pass" if ruled_out else ""
+    before = f"; also ran {', '.join(others)}" if others else ""
     k = f"k-hat {check['khat']:.2f} +- {check['khat_se']:.2f}"
     if check["status"] == TRUSTED:
         return f"{k} below 0.5 and sds stable under importance weighting{before}"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 # Heavy imports (torch, Pyro, ArviZ) happen inside the commands, so `ppl-vi --help` is instant.
 #: Guide and ELBO names of ppl_vi.guides.GUIDES and ppl_vi.elbos.ELBOS (a test keeps them equal).
-GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion")
+GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion", "pathfinder",
+               "bam", "auto")  # fmt: skip
+METHOD_NAMES = ("pathfinder", "bam", "auto")
 ELBO_NAMES = ("elbo", "rb_score", "iwae", "renyi", "stein")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
@@ -80,6 +82,16 @@ def write_outputs(result, out: Path, num_samples: int = 4000, khat_draws: int | 
         "device": str(result.device),
         **_quality(result, khat_draws),
     }
+    if result.verdict is not None:
+        verdict = result.verdict
+        info["verdict"] = {
+            "status": verdict.status,
+            "method": verdict.method,
+            "reason": verdict.reason,
+            "stages": verdict.stages,
+        }
+    if result.method_info:
+        info["method_info"] = result.method_info
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     try:
         summary = result.summary(num_samples=num_samples, seed=0)
@@ -132,21 +144,30 @@ def cmd_fit(args) -> int:
     model, data = load_model(args.model)
     polish = None if args.no_polish else Polish(num_particles=args.polish_particles)
     try:
+        options = {
+            "elbo": args.elbo,
+            "num_steps": args.steps,
+            "lr": args.lr,
+            "num_particles": args.particles,
+            "polish": polish,
+            "jit": args.jit,
+            "checkpoint": args.checkpoint,
+        }
+        if args.guide in METHOD_NAMES:  # options of SGD fits only when set on the command line
+            defaults = {"elbo": "elbo", "lr": 0.01, "jit": False, "checkpoint": None,
+                        "num_particles": None, "polish": Polish()}  # fmt: skip
+            if args.guide != "bam":
+                defaults["num_steps"] = 5000
+            options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
         result = fit(
             model,
             guide=args.guide,
-            elbo=args.elbo,
-            num_steps=args.steps,
-            lr=args.lr,
-            num_particles=args.particles,
             seed=args.seed,
             device=args.device,
             progress="fit" if not args.no_progress else False,
-            polish=polish,
-            jit=args.jit,
-            checkpoint=args.checkpoint,
             resume=args.resume,
             model_kwargs=data,
+            **options,
         )
     except FitError as err:
         print(f"ppl-vi: {err}", file=sys.stderr)
@@ -319,7 +340,14 @@ def _parser() -> argparse.ArgumentParser:
         "fit", help="fit a zoo model or a model file and write the result", formatter_class=fmt
     )
     p.add_argument("model", help=model_help)
-    p.add_argument("--guide", default="mean_field", choices=GUIDE_NAMES, help="guide family")
+    p.add_argument(
+        "--guide",
+        default="mean_field",
+        choices=GUIDE_NAMES,
+        help="guide family, or a Gaussian method without SGD: pathfinder, bam (batch "
+        "and match), auto (Pathfinder, then refinements until a trust check passes; "
+        "prints a verdict)",
+    )
     p.add_argument("--elbo", default="elbo", choices=ELBO_NAMES, help="objective")
     p.add_argument("--steps", type=int, default=5000, help="optimisation steps, final phase "
                    "included")  # fmt: skip

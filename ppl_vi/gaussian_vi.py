@@ -43,10 +43,12 @@ def set_gaussian(guide, locs: torch.Tensor, scale_trils: torch.Tensor) -> None:
 
     with torch.no_grad():
         if isinstance(guide, GaussianMixture):
+            like = guide.locs
             guide.locs.data.copy_(locs)
-            guide.scale_trils = scale_trils.clone()
+            guide.scale_trils = scale_trils.to(like.dtype).clone()
         elif isinstance(guide, FullRank):
-            tril = scale_trils[0]
+            like = guide.loc
+            tril = scale_trils[0].to(like.dtype)
             diag = torch.diagonal(tril).clamp_min(torch.finfo(tril.dtype).tiny)
             guide.loc.data.copy_(locs[0])
             guide.scale = diag.clone()

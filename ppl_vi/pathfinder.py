@@ -165,10 +165,12 @@ def single_path(
     grad_tol: float = GRAD_TOL,
     wolfe_c2: float = WOLFE_C2,
     on_iter=None,
+    history: list | None = None,
 ) -> PathResult:
     """One Pathfinder path from ``x0`` ``(D,)`` on ``log_density`` (a
     :class:`ppl_vi.potential.LogDensity` or anything with ``value_and_grad`` and
-    ``__call__`` on ``(B, D)`` batches). ``on_iter(l, elbo)`` is called after each iterate.
+    ``__call__`` on ``(B, D)`` batches). ``on_iter(l, elbo)`` is called after each iterate;
+    a ``history`` list receives each iterate's Gaussian ``(mu, Sigma)`` (dense; for tests).
 
     Returns the path's best Gaussian; raises ``ValueError`` when the log density is not finite
     at ``x0`` or no iterate's Gaussian has a finite ELBO.
@@ -197,6 +199,9 @@ def single_path(
             q, elbo = None, -math.inf
         elbos.append(elbo if math.isfinite(elbo) else -math.inf)
         gaussians.append(q)
+        if history is not None and q is not None:
+            tril = q.scale_tril()
+            history.append((q.mu.detach().clone(), tril @ tril.T))
         if on_iter is not None:
             on_iter(l, elbos[-1])
 

@@ -65,7 +65,8 @@ def psis(log_weights) -> tuple[np.ndarray, float]:
             stacklevel=3,
         )
         return _normalised(lw), math.nan
-    if np.ptp(lw) == 0:  # q = p: every weight equal, no tail at all
+    if np.ptp(lw) <= 1e-9 * max(1.0, float(np.abs(lw).max())):
+        # q = p: every weight equal up to float rounding, no tail at all
         return np.full_like(lw, -np.log(lw.size)), float("-inf")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -100,15 +101,9 @@ def khat_se(log_weights, batches: int = 8) -> float:
     size = lw.size // batches
     if size < MIN_PSIS_DRAWS or not np.isfinite(lw).all():
         return math.nan
-    az = arviz()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ks = [
-            float(az.psislw(lw[b * size : (b + 1) * size].copy(), reff=1.0)[1])
-            for b in range(batches)
-        ]
-    ks = np.asarray(ks)
+    ks = np.asarray([psis(lw[b * size : (b + 1) * size])[1] for b in range(batches)])
+    if (ks == -np.inf).all():  # every batch's weights are equal: k-hat is exactly -inf
+        return 0.0
     if not np.isfinite(ks).all():
         return math.nan
     return float(ks.std(ddof=1) * batches**-KHAT_RATE)

@@ -88,20 +88,8 @@ def test_bad_option_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_demo_writes_a_report(tmp_path):
-    main(
-        [
-            "demo",
-            "--out",
-            str(tmp_path),
-            "--steps",
-            "300",
-            "--warmup",
-            "100",
-            "--draws",
-            "100",
-            "--no-progress",
-        ]
-    )
+    main(["demo", "--out", str(tmp_path), "--steps", "300", "--warmup", "100", "--draws", "100",
+          "--no-progress"])
     report = (tmp_path / "report.md").read_text()
     assert "| tau " in report and "PSIS k-hat" in report
     for method in ("mean-field + ELBO", "IAF + ELBO", "mean-field + IWAE", "full-rank + ELBO"):
@@ -285,3 +273,19 @@ def test_ctrl_c_exits_130_and_keeps_the_fit(tmp_path):
     loaded = ppl_vi.load(out / "result.pt", normal_normal.model)
     assert loaded.interrupted and 50 <= loaded.num_steps < 1000000
     del os
+
+
+def test_fit_with_a_gaussian_method_writes_its_diagnostics(tmp_path, capsys):
+    out = tmp_path / "pf"
+    assert main(["fit", "normal_normal", "--guide", "pathfinder", "--no-progress",
+                 "--khat-draws", "2000", "--out", str(out)]) == 0  # fmt: skip
+    run = json.loads((out / "run.json").read_text())
+    assert run["method_info"]["method"] == "pathfinder"
+    assert run["method_info"]["num_grads"] > 0
+    # the posterior is Gaussian and Pathfinder's Gaussian is exact: equal weights, k-hat -inf
+    assert run["khat_verdict"].endswith("can be trusted")
+    assert "pathfinder, 4 path(s)" in capsys.readouterr().out
+    # an SGD option set on the command line is refused, naming it
+    code = main(["fit", "normal_normal", "--guide", "pathfinder", "--lr", "0.1", "--no-progress",
+                 "--out", str(tmp_path / "x")])  # fmt: skip
+    assert code != 0 and "lr do not apply" in capsys.readouterr().err

@@ -12,7 +12,7 @@ def max_mean_error(module, result) -> float:
     """Largest |fitted mean - exact mean| in exact posterior sd, from 20000 guide draws
     (Monte Carlo error 0.007 sd)."""
     data = module.load_data()
-    ((site, exact),) = module.exact_posterior(**data).items()
+    (site, exact), = module.exact_posterior(**data).items()
     draws = result.sample(20_000, seed=0)[site].double()
     sd = exact.variance.double().sqrt()
     return float(((draws.mean(0) - exact.mean.double()).abs() / sd).max())
@@ -52,5 +52,7 @@ LINEAR_REGRESSION = [
 def test_each_elbo_recovers_linear_regression_means(name, options):
     data = bayes_linear_regression.load_data()
     torch.manual_seed(0)
-    result = ppl_vi.fit(bayes_linear_regression.model, **data, elbo=name, progress=False, **options)
+    result = ppl_vi.fit(
+        bayes_linear_regression.model, **data, elbo=name, progress=False, **options
+    )
     assert max_mean_error(bayes_linear_regression, result) < 0.1

@@ -100,9 +100,8 @@ def test_rao_blackwellized_gradient_has_lower_variance_than_full_chain(float64):
     rb = _gradients(DiffusionELBO(), data, kw, 300)
     full = _gradients(pyro.infer.Trace_ELBO(), data, kw, 300)
     means = [g.mean(0) for g in (rb, full)]
-    np.testing.assert_allclose(
-        means[0], means[1], atol=4 * np.sqrt((rb.var(0) + full.var(0)) / len(rb)).max()
-    )
+    np.testing.assert_allclose(means[0], means[1], atol=4 * np.sqrt(
+        (rb.var(0) + full.var(0)) / len(rb)).max())
     rng = np.random.default_rng(0)
     boot = [
         full[i].var(0).sum() - rb[j].var(0).sum()
@@ -171,18 +170,9 @@ def test_fixed_schedule_has_no_parameters():
 def test_fit_save_load_round_trip_gives_identical_parameters(schedule, tmp_path):
     data = dc.load_data("ring", num_data=64)
     guide_kwargs = {**KW, "schedule": schedule}
-    result = ppl_vi.fit(
-        dc.model,
-        **data,
-        **KW,
-        subsample_size=32,
-        guide="diffusion",
-        guide_kwargs=guide_kwargs,
-        elbo=DiffusionELBO(),
-        num_steps=10,
-        lr=0.01,
-        progress=False,
-    )
+    result = ppl_vi.fit(dc.model, **data, **KW, subsample_size=32, guide="diffusion",
+                        guide_kwargs=guide_kwargs, elbo=DiffusionELBO(), num_steps=10, lr=0.01,
+                        progress=False)
     path = tmp_path / "diffusion.pt"
     result.save(path)
     loaded = ppl_vi.load(path, dc.model)

@@ -49,20 +49,9 @@ def test_trained_model_samples_pass_energy_two_sample_test_on_moons():
     data = dc.load_data("moons", num_data=2000)["x"]
     train, held = data[:1500], data[1500:]
     kw = dict(num_diffusion_steps=10, beta_max=0.5)
-    result = ppl_vi.fit(
-        dc.model,
-        x=train,
-        **kw,
-        subsample_size=256,
-        guide="diffusion",
-        guide_kwargs=kw,
-        elbo=DiffusionELBO(),
-        num_steps=4000,
-        lr=1e-2,
-        polish=ppl_vi.Polish(fraction=0.3),
-        progress=False,
-        seed=0,
-    )
+    result = ppl_vi.fit(dc.model, x=train, **kw, subsample_size=256, guide="diffusion",
+                        guide_kwargs=kw, elbo=DiffusionELBO(), num_steps=4000, lr=1e-2,
+                        polish=ppl_vi.Polish(fraction=0.3), progress=False, seed=0)
     with result.param_scope():
         pyro.set_rng_seed(1)
         fitted = dc.sample(500, **kw)
@@ -113,19 +102,9 @@ def test_trained_elbo_stays_below_minus_data_entropy_on_gaussian():
     data = dc.load_data("gaussian", num_data=3000)["x"]
     train, held = data[:2000], data[2000:]
     kw = dict(num_diffusion_steps=10, beta_max=0.5)
-    result = ppl_vi.fit(
-        dc.model,
-        x=train,
-        **kw,
-        subsample_size=256,
-        guide="diffusion",
-        guide_kwargs=kw,
-        elbo=DiffusionELBO(),
-        num_steps=1000,
-        lr=3e-3,
-        progress=False,
-        seed=0,
-    )
+    result = ppl_vi.fit(dc.model, x=train, **kw, subsample_size=256, guide="diffusion",
+                        guide_kwargs=kw, elbo=DiffusionELBO(), num_steps=1000, lr=3e-3,
+                        progress=False, seed=0)
     with result.param_scope():
         pyro.set_rng_seed(1)
         elbo = per_point_elbo(held, kw).double()
