@@ -11,9 +11,9 @@ from pathlib import Path
 
 # Heavy imports (torch, Pyro, ArviZ) happen inside the commands, so `ppl-vi --help` is instant.
 #: Guide and ELBO names of ppl_vi.guides.GUIDES and ppl_vi.elbos.ELBOS (a test keeps them equal).
-GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion", "pathfinder",
-               "bam", "auto")  # fmt: skip
 METHOD_NAMES = ("pathfinder", "bam", "auto")
+GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion",
+               "gaussian_mixture", *METHOD_NAMES)  # fmt: skip
 ELBO_NAMES = ("elbo", "rb_score", "iwae", "renyi", "stein")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
@@ -156,8 +156,7 @@ def cmd_fit(args) -> int:
         if args.guide in METHOD_NAMES:  # options of SGD fits only when set on the command line
             defaults = {"elbo": "elbo", "lr": 0.01, "jit": False, "checkpoint": None,
                         "num_particles": None, "polish": Polish()}  # fmt: skip
-            if args.guide != "bam":
-                defaults["num_steps"] = 5000
+            defaults["num_steps"] = 5000  # the command line's default: the method's own applies
             options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
         result = fit(
             model,

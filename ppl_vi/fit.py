@@ -47,8 +47,15 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+#: Default maximum number of steps of an SGD fit.
+DEFAULT_STEPS = 5000
+
+
 def _check_options(options: dict) -> tuple:
-    num_steps = _positive_int("num_steps", options["num_steps"])
+    num_steps = options["num_steps"]
+    if num_steps is None:
+        num_steps = methods.BAM_STEPS if options["guide"] == "bam" else DEFAULT_STEPS
+    num_steps = _positive_int("num_steps", num_steps)
     num_particles = options["num_particles"]
     if num_particles is not None:
         num_particles = _positive_int("num_particles", num_particles)
@@ -85,7 +92,7 @@ def fit(
     *model_args,
     guide="mean_field",
     elbo="elbo",
-    num_steps: int = 5000,
+    num_steps: int | None = None,
     lr: float | None = None,
     optim: PyroOptim | None = None,
     num_particles: int | None = None,
@@ -127,7 +134,7 @@ def fit(
         own copy of the parameters).
     elbo : str, class or pyro.infer.ELBO, default "elbo"
         A name from ``ppl_vi.elbos.ELBOS``, an ELBO class or a ready ELBO instance.
-    num_steps : int, default 5000
+    num_steps : int, default 5000 (200 for ``guide="bam"``)
         Maximum number of optimisation steps, the final (polish) phase included.
     lr : float, default 0.01
         Learning rate of the default Adam optimizer (finite, > 0).

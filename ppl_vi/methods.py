@@ -11,10 +11,12 @@ import torch
 from ppl_vi.policies import Convergence, Polish
 from ppl_vi.result import VIResult
 
+#: Default maximum number of steps of ``guide="bam"`` (it converges in tens to hundreds).
+BAM_STEPS = 200
 #: ``guide=`` names of methods that fit a Gaussian without SGD (:mod:`ppl_vi.gaussian_vi`).
 GAUSSIAN_METHODS = ("pathfinder", "auto")
 DEFAULTS = {
-    "elbo": "elbo", "num_steps": 5000, "lr": None, "optim": None, "num_particles": None,
+    "elbo": "elbo", "num_steps": None, "lr": None, "optim": None, "num_particles": None,
     "convergence": Convergence(), "polish": Polish(), "checkpoint": None,
     "checkpoint_every": 500, "resume": "auto", "callbacks": (), "clip_norm": None,
     "lr_schedule": None, "elbo_kwargs": None, "jit": False,

@@ -180,11 +180,11 @@ def test_fit_failure_writes_the_partial_fit(tmp_path, capsys):
 def test_help_lists_every_option_with_its_default_and_choices(capsys):
     import re
 
-    from ppl_vi.cli import ELBO_NAMES, GUIDE_NAMES
+    from ppl_vi.cli import ELBO_NAMES, GUIDE_NAMES, METHOD_NAMES
     from ppl_vi.elbos import ELBOS
     from ppl_vi.guides import GUIDES
 
-    assert GUIDE_NAMES == tuple(GUIDES) and ELBO_NAMES == tuple(ELBOS)
+    assert GUIDE_NAMES == (*GUIDES, *METHOD_NAMES) and ELBO_NAMES == tuple(ELBOS)
     for command in (["fit"], ["demo"], ["notebook"], ["tutorials", "run"]):
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--help"])
@@ -202,7 +202,7 @@ def test_help_lists_every_option_with_its_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     text = capsys.readouterr().out
-    assert "{mean_field,full_rank,iaf,hvm,amortized,diffusion}" in text
+    assert "{mean_field,full_rank,iaf,hvm,amortized,diffusion,gaussian_mixture,pathfinder," in text
     assert "executed as Python code" in text.replace("\n", " ").replace("  ", " ")
 
 

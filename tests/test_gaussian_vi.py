@@ -266,7 +266,7 @@ def test_auto_trusts_a_gaussian_posterior():
     chosen = next(s for s in verdict.stages if s["method"] == verdict.method)
     assert chosen["khat"] + 2 * chosen["khat_se"] < 0.5 and chosen["sd_stable"]
     assert f"verdict: trusted ({verdict.method})" in repr(result)
-    assert not result.resampled  # trusted draws are used as they are
+    assert result.resampled
 
 
 def test_auto_refuses_a_funnel():
