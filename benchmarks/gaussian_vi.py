@@ -12,7 +12,8 @@ Methods:
 
 - ``pathfinder-1`` / ``pathfinder-4``: single- and multi-path Pathfinder (one run each);
 - ``bam``: batch-and-match (32 draws per step) on a ladder of step counts, from Pathfinder
-  (``init="pathfinder"``, its cost included);
+  (``init="pathfinder"``, its cost included); ``bam-rank4`` the same with a rank-4 plus
+  diagonal covariance;
 - ``fast``: the current ``FAST_METHOD`` (full-rank, 32 particles, lr 0.1, jit, PSIS-resampled)
   on a ladder of step counts;
 - ``advi``: full-rank ADVI with Adam as users run it (``guide="full_rank"``, defaults: one
@@ -199,6 +200,8 @@ def methods():
                          pathfinder_grads),
         "pathfinder-4": (None, {"guide": "pathfinder"}, pathfinder_grads),
         "bam": ("bam", {"guide": "bam", "init": "pathfinder", "convergence": None}, bam_grads),
+        "bam-rank4": ("bam", {"guide": "bam", "init": "pathfinder", "convergence": None,
+                              "guide_kwargs": {"rank": 4}}, bam_grads),
         "fast": ("fast", fast, particles(32)),
         "advi": ("advi", {"guide": "full_rank"}, _advi_grads),
         "auto": (None, {"guide": "auto"}, auto_grads),

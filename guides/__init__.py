@@ -9,11 +9,13 @@ from .full_rank import FullRank
 from .gaussian_mixture import GaussianMixture
 from .hvm import HVM
 from .iaf import IAF
+from .low_rank import LowRank
 from .mean_field import MeanField
 
 GUIDES = {
     "mean_field": MeanField,
     "full_rank": FullRank,
+    "low_rank": LowRank,
     "iaf": IAF,
     "hvm": HVM,
     "amortized": Amortized,
@@ -25,6 +27,7 @@ __all__ = [
     "GUIDES",
     "HVM",
     "IAF",
+    "LowRank",
     "Amortized",
     "DiffusionChain",
     "DiffusionELBO",

@@ -12,7 +12,7 @@ from pathlib import Path
 # Heavy imports (torch, Pyro, ArviZ) happen inside the commands, so `ppl-vi --help` is instant.
 #: Guide and ELBO names of ppl_vi.guides.GUIDES and ppl_vi.elbos.ELBOS (a test keeps them equal).
 METHOD_NAMES = ("pathfinder", "bam", "auto")
-GUIDE_NAMES = ("mean_field", "full_rank", "iaf", "hvm", "amortized", "diffusion",
+GUIDE_NAMES = ("mean_field", "full_rank", "low_rank", "iaf", "hvm", "amortized", "diffusion",
                "gaussian_mixture", *METHOD_NAMES)  # fmt: skip
 ELBO_NAMES = ("elbo", "rb_score", "iwae", "renyi", "stein")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)

@@ -227,11 +227,55 @@ def _sym_fn(A: torch.Tensor, fn) -> torch.Tensor:
     return (evecs * fn(evals.clamp_min(0.0))) @ evecs.T
 
 
+def patch(cov: torch.Tensor, factor: torch.Tensor, diag: torch.Tensor, num_iters: int = 1):
+    r"""Project ``cov`` onto low-rank plus diagonal covariances ``L L^T + diag(psi)`` by EM
+    steps of factor analysis started at ``(factor, diag)`` (the "patch" step of Modi, Cai &
+    Saul 2025; one step by default, as there).
+
+    .. math::
+
+        eta = L^	op (L L^	op + \Psi)^{-1},\quad
+        L' = \Sigma eta^	op (I - eta L + eta \Sigma eta^	op)^{-1},\quad
+        \Psi' = \operatorname{diag}(\Sigma - L' eta \Sigma)
+
+    The target ``(L, psi)`` of a covariance that is exactly low-rank plus diagonal is a fixed
+    point. Here :math:`\Sigma` is formed densely (the paper keeps it implicit to scale to
+    thousands of dimensions; this costs :math:`O(D^3)` per step).
+
+    Shapes
+    ------
+    cov : (D, D); factor : (D, r); diag : (D,). Returns ``(factor, diag)``.
+    """
+    eye = torch.eye(factor.shape[1], dtype=cov.dtype, device=cov.device)
+    for _ in range(num_iters):
+        model_cov = factor @ factor.T + torch.diag(diag)
+        beta = torch.linalg.solve(model_cov, factor).T  # (r, D)
+        ezz = eye - beta @ factor + beta @ cov @ beta.T
+        factor_new = torch.linalg.solve(ezz, (cov @ beta.T).T).T
+        diag = torch.diagonal(cov - factor_new @ beta @ cov).clamp_min(torch.finfo(cov.dtype).eps)
+        factor = factor_new
+    return factor, diag
+
+
+def set_low_rank(guide, loc: torch.Tensor, factor: torch.Tensor, diag: torch.Tensor) -> None:
+    """Set a LowRank guide to ``N(loc, factor factor^T + diag(diag))`` (Pyro's
+    parameterisation ``cov = S (F F^T + I) S`` with ``S = diag(sqrt(diag))``)."""
+    with torch.no_grad():
+        like = guide.loc
+        s = diag.sqrt().to(like.dtype)
+        guide.loc.data.copy_(loc)
+        guide.scale = s.clone()
+        guide.cov_factor.data.copy_(factor.to(like.dtype) / s[:, None])
+
+
 class BatchMatch(Engine):
     r"""Batch-and-match VI (Cai et al. 2024) as an engine: each step draws ``batch_size``
     points from the current full-rank Gaussian, evaluates the model's scores there and applies
     the closed-form update :func:`bam_update` with :math:`\lambda_t = B D / t` (the paper's
     schedule for Gaussian-like targets; ``lam`` fixes it instead).
+
+    With ``rank`` the Gaussian is low-rank plus diagonal (:class:`~ppl_vi.guides.LowRank`):
+    each update is projected back onto that family by :func:`patch` (Modi, Cai & Saul 2025).
 
     The guide is a :class:`~ppl_vi.guides.FullRank`; its parameters are the state, so progress,
     checkpoints, callbacks and the stopping rule work as for an SGD fit. A step whose draws
@@ -243,21 +287,26 @@ class BatchMatch(Engine):
     ----------
     Cai, D., Modi, C., Pillaud-Vivien, L., Margossian, C. C., Gower, R. M., Blei, D. M. & Saul,
     L. K. (2024). Batch and match: black-box variational inference with a score-based
-    divergence. ICML.
+    divergence. ICML. Modi, C., Cai, D. & Saul, L. K. (2025). Batch, match, and patch:
+    low-rank approximations for score-based variational inference. AISTATS.
     """
 
     def __init__(self, model, *, batch_size: int = 32, lam: float | None = None,
-                 init_loc_fn="feasible", init_scale: float = 1.0, **engine_kwargs):  # fmt: skip
-        from ppl_vi.guides import FullRank
+                 rank: int | None = None, init_loc_fn="feasible", init_scale: float = 1.0,
+                 **engine_kwargs):  # fmt: skip
+        from ppl_vi.guides import FullRank, LowRank
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (got batch_size={batch_size!r})")
         if lam is not None and not (isinstance(lam, (int, float)) and lam > 0):
             raise ValueError(f"lam must be a number > 0 or None (got lam={lam!r})")
-        self.batch_size, self.lam = batch_size, lam
+        self.batch_size, self.lam, self.rank = batch_size, lam, rank
         engine_kwargs.setdefault("dtype", torch.float64)  # the closed-form update needs it
         guide_kwargs = {"init_loc_fn": init_loc_fn, "init_scale": init_scale}
-        super().__init__(model, FullRank, "elbo", guide_kwargs=guide_kwargs, **engine_kwargs)
+        if rank is not None:
+            guide_kwargs["rank"] = rank
+        family = FullRank if rank is None else LowRank
+        super().__init__(model, family, "elbo", guide_kwargs=guide_kwargs, **engine_kwargs)
         self.log_density = None
 
     def init(self, *args, **kwargs):
@@ -266,7 +315,8 @@ class BatchMatch(Engine):
         return state
 
     def settings(self) -> dict:
-        return {**super().settings(), "bam": {"batch_size": self.batch_size, "lam": self.lam}}
+        bam = {"batch_size": self.batch_size, "lam": self.lam, "rank": self.rank}
+        return {**super().settings(), "bam": bam}
 
     def _step(self, state, args, kwargs, factor: float) -> float:
         from ppl_vi.engine import _set_torch_rng, _torch_rng
@@ -276,14 +326,23 @@ class BatchMatch(Engine):
         rng = _torch_rng(self.device)
         with torch.no_grad():
             mu = guide.loc.detach().clone()
-            tril = guide.scale[..., None] * guide.scale_tril
-            cov = tril @ tril.T
+            if self.rank is None:
+                tril = guide.scale[..., None] * guide.scale_tril
+                cov = tril @ tril.T
+            else:
+                factor = guide.cov_factor * guide.scale[:, None]
+                diag = guide.scale**2
+                cov = factor @ factor.T + torch.diag(diag)
+                tril = torch.linalg.cholesky(cov)
         d = mu.shape[0]
         eps = torch.randn(self.batch_size, d, dtype=mu.dtype, device=mu.device)
         z = mu + eps @ tril.detach().T
         value, grad = self.log_density.value_and_grad(z)
         lam = self.lam if self.lam is not None else self.batch_size * d / (state.step + 1)
         new_mu, new_cov = bam_update(mu, cov, z, grad, lam)
+        if self.rank is not None:
+            new_factor, new_diag = patch(new_cov, factor, diag)
+            new_cov = new_factor @ new_factor.T + torch.diag(new_diag)
         try:
             new_tril = torch.linalg.cholesky(new_cov)
         except torch.linalg.LinAlgError:
@@ -310,7 +369,10 @@ class BatchMatch(Engine):
             raise error
         self._guard.hold()
         try:
-            set_gaussian(guide, new_mu[None], new_tril[None])
+            if self.rank is None:
+                set_gaussian(guide, new_mu[None], new_tril[None])
+            else:
+                set_low_rank(guide, new_mu, new_factor, new_diag)
             state.step += 1
             state.losses.append(loss)
         finally:
@@ -383,15 +445,23 @@ def _init_to_values(values: dict, site: dict) -> torch.Tensor:
 
 
 def apply_init(engine, state, loc: torch.Tensor, tril: torch.Tensor, sites: dict) -> None:
-    """Set a FullRank guide to the Gaussian and a MeanField guide to its locations and sds
+    """Set a FullRank guide to the Gaussian, a LowRank guide to its projection on low-rank plus
+    diagonal covariances (:func:`patch`) and a MeanField guide to its locations and sds
     (other guides were initialised through :func:`init_guide_kwargs`)."""
     import pyro
 
-    from ppl_vi.guides import FullRank, MeanField
+    from ppl_vi.guides import FullRank, LowRank, MeanField
 
     with engine.session(state), torch.no_grad():
         if isinstance(engine.guide, FullRank):
             set_gaussian(engine.guide, loc[None].to(engine.device), tril[None].to(engine.device))
+        elif isinstance(engine.guide, LowRank):
+            guide = engine.guide
+            like = guide.loc
+            cov = (tril @ tril.T).to(like)
+            factor, diag = patch(cov, (guide.cov_factor * guide.scale[:, None]).detach(),
+                                 (guide.scale**2).detach(), num_iters=50)  # fmt: skip
+            set_low_rank(guide, loc.to(like), factor, diag)
         elif isinstance(engine.guide, MeanField):
             store = pyro.get_param_store()
             prefix = engine.guide._pyro_name

@@ -202,7 +202,7 @@ def test_help_lists_every_option_with_its_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     text = capsys.readouterr().out
-    assert "{mean_field,full_rank,iaf,hvm,amortized,diffusion,gaussian_mixture,pathfinder," in text
+    assert "{mean_field,full_rank,low_rank,iaf,hvm,amortized,diffusion,gaussian_mixture," in text
     assert "executed as Python code" in text.replace("\n", " ").replace("  ", " ")
 
 

@@ -178,7 +178,7 @@ def test_init_must_be_pathfinder_or_a_pathfinder_result():
         ppl_vi.fit(blr.model, **_blr_data(), init=plain, progress=False)
 
 
-@pytest.mark.parametrize("guide", ["full_rank", "mean_field", "iaf"])
+@pytest.mark.parametrize("guide", ["full_rank", "low_rank", "mean_field", "iaf"])
 def test_init_pathfinder_starts_every_guide_at_pathfinders_gaussian(guide):
     """With a learning rate of ~0 the fitted guide is its initial state: Pathfinder's mean for
     every guide, and its covariance (full rank) or sds (mean field)."""
@@ -286,3 +286,47 @@ def test_auto_refuses_a_funnel():
     ]  # fmt: skip
     assert "run NUTS" in verdict.reason
     assert result.resampled
+
+
+# ---------------------------------------------------------------------------- low rank
+def test_patch_keeps_a_low_rank_plus_diagonal_covariance_fixed(float64):
+    """Factor analysis EM started at the exact (L, psi) of a low-rank plus diagonal covariance
+    stays there; started elsewhere it moves towards it."""
+    from ppl_vi.gaussian_vi import patch
+
+    g = torch.Generator().manual_seed(3)
+    factor = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    diag = torch.rand(7, generator=g, dtype=torch.float64) + 0.5
+    cov = factor @ factor.T + torch.diag(diag)
+    f, d = patch(cov, factor, diag, num_iters=3)
+    torch.testing.assert_close(f @ f.T + torch.diag(d), cov, rtol=1e-10, atol=1e-10)
+    start = (
+        torch.randn(7, 2, generator=g, dtype=torch.float64),
+        torch.ones(7, dtype=torch.float64),
+    )
+    f1, d1 = patch(cov, *start, num_iters=1)
+    f2, d2 = patch(cov, *start, num_iters=200)
+    error = [float((a @ a.T + torch.diag(b) - cov).abs().max()) for a, b in ((f1, d1), (f2, d2))]
+    assert error[1] < 1e-4 < error[0]
+
+
+def test_low_rank_bam_fits_a_low_rank_plus_diagonal_gaussian():
+    g = torch.Generator().manual_seed(4)
+    factor = torch.randn(6, 2, generator=g)
+    cov = factor @ factor.T + torch.diag(torch.rand(6, generator=g) + 0.2)
+    mean = torch.randn(6, generator=g)
+
+    def model():
+        pyro.sample("z", dist.MultivariateNormal(mean, cov))
+
+    result = ppl_vi.fit(model, guide="bam", num_steps=300, convergence=None, progress=False,
+                        guide_kwargs={"rank": 2})  # fmt: skip
+    assert type(result.guide).__name__ == "LowRank"
+    with result.param_scope():
+        guide = result.guide
+        f = (guide.cov_factor * guide.scale[:, None]).detach().double()
+        fitted = f @ f.T + torch.diag(guide.scale.detach().double() ** 2)
+        loc = guide.loc.detach().double()
+    sd = cov.double().diagonal().sqrt()
+    assert float(((loc - mean.double()) / sd).abs().max()) < 0.05
+    assert float(((fitted - cov.double()).abs() / torch.outer(sd, sd)).max()) < 0.05
