@@ -268,22 +268,11 @@ for label, points in curves.items():
     g, m, sd = np.array(points).T
     axes[0].plot(g, m, "o-", label=label)
     axes[1].plot(g, sd, "o-", label=label)
-axes[0].axhline(0.1, color="grey", ls="--", lw=1)
-axes[1].axhline(0.1, color="grey", ls="--", lw=1)
-axes[0].set(
-    xscale="log",
-    yscale="log",
-    xlabel="log-density gradients",
-    ylabel="max |mean error| (posterior sd)",
-    title="means",
-)
-axes[1].set(
-    xscale="log",
-    yscale="log",
-    xlabel="log-density gradients",
-    ylabel="max |sd ratio - 1|",
-    title="sds",
-)
+for ax, ylabel, title in zip(
+    axes, ("max |mean error| (posterior sd)", "max |sd ratio - 1|"), ("means", "sds"), strict=True
+):
+    ax.axhline(0.1, color="grey", ls="--", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="log-density gradients", ylabel=ylabel, title=title)
 axes[0].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
