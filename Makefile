@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/sbn.py
 	$(BIN)/python benchmarks/vae.py
 	$(BIN)/python benchmarks/reference_posteriors.py --reference-dir $(POSTERIORDB)
+	$(BIN)/python benchmarks/gaussian_vi.py --reference-dir $(POSTERIORDB)
 
 # NumPyro (CPU JAX) for the NumPyro baselines of benchmarks/run_all.py
 bench-numpyro: setup
