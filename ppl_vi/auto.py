@@ -199,32 +199,42 @@ def fit_auto(
     records.append({"method": "pathfinder", **check, "wall_s": time.perf_counter() - t0,
                     "num_grads": _grads(pathfinder, {})})  # fmt: skip
     candidates.append(("pathfinder", pathfinder, check))
-    for label, options, after_corrected in stages:
-        statuses = {c[2]["status"] for c in candidates}
-        if TRUSTED in statuses or (CORRECTED in statuses and not after_corrected):
-            break
-        t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                result = fit(model, *model_args, init=pathfinder, seed=seed, device=device,
-                             dtype=dtype, progress=label if show else False, **options,
-                             **kwargs)  # fmt: skip
-        except (FitError, ValueError, RuntimeError) as e:
-            records.append({"method": label, "error": f"{type(e).__name__}: {str(e)[:200]}",
-                            "wall_s": time.perf_counter() - t0, "status": USE_NUTS})  # fmt: skip
-            continue
-        check = trust_check(result, check_draws)
-        records.append({"method": label, **check, "wall_s": time.perf_counter() - t0,
-                        "num_grads": _grads(result, options)})  # fmt: skip
-        candidates.append((label, result, check))
+    interrupted = False
+    try:
+        for label, options, after_corrected in stages:
+            statuses = {c[2]["status"] for c in candidates}
+            if TRUSTED in statuses or (CORRECTED in statuses and not after_corrected):
+                break
+            t0 = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    result = fit(model, *model_args, init=pathfinder, seed=seed, device=device,
+                                 dtype=dtype, progress=label if show else False, **options,
+                                 **kwargs)  # fmt: skip
+            except (FitError, ValueError, RuntimeError) as e:
+                error = f"{type(e).__name__}: {str(e)[:200]}"
+                wall = time.perf_counter() - t0
+                records.append({"method": label, "error": error, "wall_s": wall,
+                                "status": USE_NUTS})  # fmt: skip
+                continue
+            check = trust_check(result, check_draws)
+            records.append({"method": label, **check, "wall_s": time.perf_counter() - t0,
+                            "num_grads": _grads(result, options)})  # fmt: skip
+            candidates.append((label, result, check))
+    except KeyboardInterrupt:  # Ctrl-C: the stages judged so far are kept
+        interrupted = True
     label, result, check = _choose(candidates)
     # PSIS-resampled draws in every case: with a trusted q they cost little (k-hat < 0.5) and
     # still remove what bias q has (measured: kidiq_interaction's worst mean error 0.11 sd from
     # q's draws, 0.03 resampled)
     result.resampled = True
     result.wall_time = time.perf_counter() - start
-    result.verdict = Verdict(check["status"], label, _reason(label, check, records), records)
+    reason = _reason(label, check, records)
+    if interrupted:
+        reason += " (interrupted by Ctrl-C before the later stages)"
+        result.interrupted = True
+    result.verdict = Verdict(check["status"], label, reason, records)
     result.method_info = {**result.method_info, "auto": [dict(r) for r in records]}
     return result
 

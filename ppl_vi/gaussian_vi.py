@@ -137,14 +137,20 @@ def fit_pathfinder(
                 except ValueError as e:
                     failures.append(f"path {i + 1}: {e}")
                     continue
+                except KeyboardInterrupt:
+                    if not paths:  # nothing finished: nothing to return
+                        raise
+                    state.interrupted = True  # keep the finished paths (Ctrl-C keeps work)
+                    failures.append(f"paths {i + 1}-{num_paths}: interrupted (Ctrl-C)")
+                    break
             paths.append(path)
             state.losses.extend(-e for e in path.elbos)
         if not paths:
             raise FitError("every Pathfinder path failed: " + "; ".join(failures), step=0)
         if failures:
             warnings.warn(
-                f"{len(failures)} of {num_paths} Pathfinder paths failed and are left out of the "
-                "mixture: " + "; ".join(failures),
+                f"{num_paths - len(paths)} of {num_paths} Pathfinder paths failed or did not "
+                "run and are left out of the mixture: " + "; ".join(failures),
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -65,7 +65,8 @@ def bam_engine(model, options: dict, policies: list):
     given = [k for k in _NOT_BAM if not same(options[k], DEFAULTS[k])]
     if given:
         raise ValueError(
-            f"guide='bam' takes closed-form steps: {', '.join(given)} do not apply (its own "
+            f"guide='bam' takes closed-form steps: {', '.join(given)} "
+            f"{'does' if len(given) == 1 else 'do'} not apply (its own "
             "options go in guide_kwargs, e.g. guide_kwargs={'batch_size': 64})"
         )
     dtype = options["dtype"] or torch.float64
@@ -82,7 +83,8 @@ def run_method(name: str, fit_fn, model, model_args: tuple, options: dict, kwarg
     given = [k for k, default in DEFAULTS.items() if not same(options[k], default)]
     if given:
         raise ValueError(
-            f"guide={name!r} is not a stochastic-gradient fit: {', '.join(given)} do not apply "
+            f"guide={name!r} is not a stochastic-gradient fit: {', '.join(given)} "
+            f"{'does' if len(given) == 1 else 'do'} not apply "
             f"(its own options go in guide_kwargs, e.g. guide_kwargs={{'num_paths': 1}})"
         )
     method = fit_pathfinder if name == "pathfinder" else functools.partial(fit_auto, fit_fn)

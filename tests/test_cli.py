@@ -288,4 +288,4 @@ def test_fit_with_a_gaussian_method_writes_its_diagnostics(tmp_path, capsys):
     # an SGD option set on the command line is refused, naming it
     code = main(["fit", "normal_normal", "--guide", "pathfinder", "--lr", "0.1", "--no-progress",
                  "--out", str(tmp_path / "x")])  # fmt: skip
-    assert code != 0 and "lr do not apply" in capsys.readouterr().err
+    assert code != 0 and "lr does not apply" in capsys.readouterr().err

@@ -158,8 +158,8 @@ def test_pathfinder_resampled_draws_are_a_subset_of_guide_draws():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"lr": 0.1}, "lr do not apply"),
-        ({"jit": True}, "jit do not apply"),
+        ({"lr": 0.1}, "lr does not apply"),
+        ({"jit": True}, "jit does not apply"),
         ({"guide_kwargs": {"num_paths": 0}}, "num_paths must be an integer >= 1"),
         ({"guide_kwargs": {"init_radius": -1}}, "init_radius must be a number >= 0"),
         ({"init": "pathfinder"}, "init= does not apply"),
@@ -330,3 +330,21 @@ def test_low_rank_bam_fits_a_low_rank_plus_diagonal_gaussian():
     sd = cov.double().diagonal().sqrt()
     assert float(((loc - mean.double()) / sd).abs().max()) < 0.05
     assert float(((fitted - cov.double()).abs() / torch.outer(sd, sd)).max()) < 0.05
+
+
+def test_ctrl_c_during_pathfinder_keeps_the_finished_paths(monkeypatch):
+    import ppl_vi.gaussian_vi as gvi
+
+    real, calls = gvi.single_path, []
+
+    def interrupted_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gvi, "single_path", interrupted_after_two)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        result = ppl_vi.fit(blr.model, **_blr_data(), guide="pathfinder", progress=False)
+    assert result.interrupted and len(result.method_info["paths"]) == 2
+    assert result.sample(100, seed=0)["beta"].shape == (100, 11)
