@@ -168,7 +168,7 @@ def fit_auto(
     model_kwargs: dict | None = None,
     stages=STAGES,
     check_draws: int = CHECK_DRAWS,
-    dtype=None,
+    dtype="auto",
     **kwargs,
 ) -> VIResult:
     """Pathfinder, then the stages of :data:`STAGES` until one passes :func:`trust_check`.
@@ -180,11 +180,11 @@ def fit_auto(
     :class:`Verdict`); when none passes, the stage with the lowest k-hat, verdict "use NUTS".
     A stage that fails (e.g. draws leave the model's support) is recorded and skipped.
     """
-    import torch
 
-    from ppl_vi.gaussian_vi import fit_pathfinder
+    from ppl_vi.gaussian_vi import fit_pathfinder, method_dtype
 
-    dtype = dtype or torch.float64  # every stage: badly conditioned posteriors need it
+    # every stage in float64 where the model allows it: badly conditioned posteriors need it
+    dtype = method_dtype(model, model_args, {**kwargs, **(model_kwargs or {})}, dtype, device)
     if model_kwargs:
         kwargs = {**kwargs, **model_kwargs}
     show = bool(progress)

@@ -32,6 +32,48 @@ INIT_RADIUS = 2.0
 MAX_INIT_TRIES = 100
 
 
+def method_dtype(model, args: tuple, kwargs: dict, dtype="auto", device="auto"):
+    """The dtype the Gaussian methods run the model in: ``dtype`` when given, else float64 when
+    the model runs in it (one run from its prior and one replay with the latent values cast to
+    float64, data cast, on a copy of the random stream, parameters in a scope of their own),
+    else torch's default with a warning (a model holding
+    float32 networks, e.g. a ``PyroModule`` built in float32, cannot take float64 data)."""
+    import pyro
+
+    from ppl_vi import data
+    from ppl_vi.infer_util import device_context, trace_model
+    from ppl_vi.runtime import LOCK, default_dtype, rng_state, using_rng
+
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        return dtype
+    dev = data.resolve_device(device)
+    try:
+        with LOCK, default_dtype(torch.float64), torch.no_grad(), device_context(dev):
+            with pyro.get_param_store().scope(), using_rng(rng_state(dev), dev):
+                a, k = data.prepare(tuple(args), dict(kwargs), dev, model, torch.float64)
+                trace = trace_model(model, a, k)
+                # the methods' draws are float64 even where the model's own prior draws are not
+                # (a float32 network upstream of a site): replay with every latent value cast
+                for site in trace.nodes.values():
+                    if site["type"] == "sample" and not site["is_observed"]:
+                        value = site["value"]
+                        if torch.is_tensor(value) and value.is_floating_point():
+                            site["value"] = value.to(torch.float64)
+                pyro.poutine.trace(pyro.poutine.replay(model, trace=trace)).get_trace(*a, **k)
+        return torch.float64
+    except Exception as e:  # noqa: BLE001 - any failure: the model's own dtype decides
+        warnings.warn(
+            f"the model does not run in float64 ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:120]}); it runs in "
+            f"{str(torch.get_default_dtype()).removeprefix('torch.')}, where badly conditioned "
+            "posteriors can stop L-BFGS early. Build the model's modules in float64 "
+            "(torch.set_default_dtype(torch.float64)) to avoid this",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
 def set_gaussian(guide, locs: torch.Tensor, scale_trils: torch.Tensor) -> None:
     """Set a FullRank (one Gaussian) or GaussianMixture guide to the given Gaussians.
 
@@ -88,7 +130,7 @@ def fit_pathfinder(
     device="auto",
     progress: bool | str = True,
     model_kwargs: dict | None = None,
-    dtype: torch.dtype | None = torch.float64,
+    dtype="auto",
     **kwargs,
 ) -> VIResult:
     """Single- (``num_paths=1``) or multi-path Pathfinder (:mod:`ppl_vi.pathfinder`).
@@ -112,6 +154,7 @@ def fit_pathfinder(
         raise ValueError(f"init_radius must be a number >= 0 (got init_radius={init_radius!r})")
     if model_kwargs:
         kwargs = {**kwargs, **model_kwargs}
+    dtype = method_dtype(model, model_args, kwargs, dtype, device)
     guide = FullRank if num_paths == 1 else GaussianMixture
     guide_kwargs = None if num_paths == 1 else {"num_components": num_paths}
     label = progress if isinstance(progress, str) else "pathfinder"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from ppl_vi.policies import Convergence, Polish
 from ppl_vi.result import VIResult
 
@@ -43,7 +41,7 @@ def start_from(init, model, model_args: tuple, kwargs: dict, options: dict):
         label = "pathfinder (init)" if options["progress"] else False
         init = fit_pathfinder(
             model, *model_args, seed=options["seed"], device=options["device"], progress=label,
-            model_kwargs=options["model_kwargs"], dtype=options["dtype"] or torch.float64,
+            model_kwargs=options["model_kwargs"], dtype=options["dtype"] or "auto",
             **kwargs,
         )  # fmt: skip
     elif not isinstance(init, VIResult):
@@ -69,7 +67,11 @@ def bam_engine(model, options: dict, policies: list):
             f"{'does' if len(given) == 1 else 'do'} not apply (its own "
             "options go in guide_kwargs, e.g. guide_kwargs={'batch_size': 64})"
         )
-    dtype = options["dtype"] or torch.float64
+    from ppl_vi.gaussian_vi import method_dtype
+
+    data = {**options["kwargs"], **(options["model_kwargs"] or {})}
+    dtype = method_dtype(model, options["model_args"], data, options["dtype"] or "auto",
+                         options["device"])  # fmt: skip
     return BatchMatch(model, policies=policies, device=options["device"], seed=options["seed"],
                       dtype=dtype, **dict(options["guide_kwargs"] or {}))  # fmt: skip
 
@@ -93,7 +95,7 @@ def run_method(name: str, fit_fn, model, model_args: tuple, options: dict, kwarg
     return method(
         model, *model_args, seed=options["seed"], device=options["device"],
         progress=options["progress"], model_kwargs=options["model_kwargs"],
-        dtype=options["dtype"] or torch.float64, **dict(options["guide_kwargs"] or {}), **kwargs,
+        dtype=options["dtype"] or "auto", **dict(options["guide_kwargs"] or {}), **kwargs,
     )  # fmt: skip
 
 

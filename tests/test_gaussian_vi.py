@@ -348,3 +348,31 @@ def test_ctrl_c_during_pathfinder_keeps_the_finished_paths(monkeypatch):
         result = ppl_vi.fit(blr.model, **_blr_data(), guide="pathfinder", progress=False)
     assert result.interrupted and len(result.method_info["paths"]) == 2
     assert result.sample(100, seed=0)["beta"].shape == (100, 11)
+
+
+def test_a_model_with_float32_networks_runs_in_its_own_dtype():
+    """A PyroModule built in float32 cannot take float64 draws: the method says so and runs
+    the model in torch's default dtype instead of failing."""
+    from pyro.nn import PyroModule, PyroSample
+
+    class Regression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](3, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 5.0).expand([1]).to_event(1))
+
+        def forward(self, x, y=None):
+            mean = self.linear(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(mean, 1.0), obs=y)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + torch.randn(50, generator=g)
+    with pytest.warns(RuntimeWarning, match="does not run in float64"):
+        result = ppl_vi.fit(Regression(), x, y, guide="pathfinder", progress=False,
+                            guide_kwargs={"num_paths": 1})  # fmt: skip
+    assert result.dtype is None
+    weight = result.sample(2000, seed=0)["linear.weight"].mean(0).reshape(-1)
+    assert float((weight - torch.tensor([1.0, -2.0, 0.5])).abs().max()) < 0.5
