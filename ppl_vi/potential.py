@@ -21,7 +21,6 @@ import pyro.distributions as dist
 import torch
 
 from ppl_vi.infer_util import (
-    full_plates,
     particle_traces,
     single_traces,
     trace_log_density,
@@ -89,7 +88,9 @@ class LogDensity:
         if u.dim() != 2 or u.shape[-1] != self.dim:
             raise ValueError(f"expected points of shape (B, {self.dim}), got {tuple(u.shape)}")
         self.num_evals += u.shape[0]
-        with full_plates(self.info), pyro.poutine.block(hide_types=["param"]):
+        # the model as it is called (a subsampling plate at its mini-batch, as when the guide's
+        # layout was built): the density a fit's ELBO step sees
+        with pyro.poutine.block(hide_types=["param"]):
             try:
                 if self.info.batched:
                     return self._batched(u)
@@ -99,7 +100,7 @@ class LogDensity:
                     raise
         # one point broke the model (e.g. a Cholesky of a non-positive-definite matrix): the
         # others are evaluated one at a time, the broken ones are -inf
-        with full_plates(self.info), pyro.poutine.block(hide_types=["param"]):
+        with pyro.poutine.block(hide_types=["param"]):
             return torch.stack([self._single_or_inf(row) for row in u])
 
     def _batched(self, u: torch.Tensor) -> torch.Tensor:

@@ -430,6 +430,8 @@ class VIResult:
         keep = sum(math.prod(s) for s in {**self.info.latent, **self.info.deterministic}.values())
         keep = num * max(keep, 1) <= KEEP_FLOATS  # samples kept for the weighted means
         parts, log_p, log_q = [], [], []
+        if self._full_data:
+            self._draws(1, seed)  # decides, with a warning, whether the full data can be used
         full = self._full_data
         for values, lp, lq in self._iter_chunks(num, seed, full):
             if keep:

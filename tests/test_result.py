@@ -253,3 +253,23 @@ def test_subsampled_plate_gets_per_datum_parameters():
     z = result.sample(4, seed=0)["z"]
     expected = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Normal(z, 1.0).log_prob(x).sum(-1)
     torch.testing.assert_close(log_p, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_importance_of_a_joint_guide_on_a_model_with_explicit_subsample_indices():
+    """A joint-space guide built at the mini-batch the model was given cannot be drawn at the
+    full plate size: the importance set falls back to that mini-batch (with a warning) as
+    ``sample`` does, instead of failing."""
+
+    def model(y, idx, full_size):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 0.5))
+        with pyro.plate("data", full_size, subsample=idx):
+            z = pyro.sample("z", dist.Normal(0.0, scale))
+            pyro.sample("y", dist.Normal(z, 1.0), obs=y)
+
+    y = torch.randn(20)
+    result = ppl_vi.fit(model, y, torch.arange(20), 100, guide="full_rank", num_steps=5,
+                        progress=False)  # fmt: skip
+    with pytest.warns(UserWarning, match="mini-batch the model was given"):
+        khat = result.psis_khat(500, seed=0)
+    assert not math.isnan(khat)
+    assert result.importance(500, seed=0).log_weights.shape == (500,)
