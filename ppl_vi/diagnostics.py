@@ -22,6 +22,7 @@ from ppl_vi.stats import (  # noqa: F401 - public names of this module
     khat_se,
     khat_verdict,
     psis,
+    resample_indices,
 )
 from ppl_vi.stats import arviz as _arviz
 
@@ -75,9 +76,7 @@ def psis_resample(
     lw, khat = psis((log_p - log_q).detach().cpu().numpy())
     if khat >= KHAT_BAD:
         warnings.warn("PSIS resampling with " + khat_verdict(khat), UserWarning, stacklevel=2)
-    rng = np.random.default_rng(seed)
-    prob = np.exp(lw - lw.max())
-    idx = torch.as_tensor(rng.choice(len(lw), size=num_samples, p=prob / prob.sum()))
+    idx = torch.as_tensor(resample_indices(lw, num_samples, seed))
     return {k: v[idx.to(v.device)] for k, v in samples.items()}
 
 

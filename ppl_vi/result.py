@@ -26,7 +26,7 @@ from ppl_vi.predictive import (
 from ppl_vi.resolve import resolve_guide
 from ppl_vi.runtime import LOCK, default_dtype, seeded
 from ppl_vi.stats import arviz as _arviz
-from ppl_vi.stats import khat_se, khat_verdict, psis
+from ppl_vi.stats import khat_se, khat_verdict, psis, resample_indices
 
 CHUNK = 1000  # particles per vectorized pass when drawing many samples
 #: Draws in the shared importance set (psis_khat, importance_means, compare, reports): with
@@ -319,10 +319,7 @@ class VIResult:
             return self._draws(num_samples, seed)
         samples, log_p, log_q = self._draws(4 * num_samples, seed)
         smoothed, _ = psis((log_p - log_q).detach().double().cpu().numpy())
-        rng = np.random.default_rng(seed)
-        prob = np.exp(smoothed - smoothed.max())
-        idx = torch.as_tensor(rng.choice(len(prob), size=num_samples, p=prob / prob.sum()))
-        idx = idx.to(log_p.device)
+        idx = torch.as_tensor(resample_indices(smoothed, num_samples, seed)).to(log_p.device)
         return {k: v[idx.to(v.device)] for k, v in samples.items()}, log_p[idx], log_q[idx]
 
     def log_weights(self, num_samples: int = 1000, seed: int | None = None):

@@ -7,7 +7,16 @@ import warnings
 
 import numpy as np
 
-__all__ = ["KHAT_BAD", "KHAT_GOOD", "MIN_PSIS_DRAWS", "arviz", "khat_se", "khat_verdict", "psis"]
+__all__ = [
+    "KHAT_BAD",
+    "KHAT_GOOD",
+    "MIN_PSIS_DRAWS",
+    "arviz",
+    "khat_se",
+    "khat_verdict",
+    "psis",
+    "resample_indices",
+]
 
 #: Pareto k-hat thresholds of Yao et al. (2018): below the first the approximation is good,
 #: between them usable with care, above the second unreliable.
@@ -73,6 +82,14 @@ def psis(log_weights) -> tuple[np.ndarray, float]:
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow inside ArviZ's tail fit
         smoothed, khat = arviz().psislw(lw.copy(), reff=1.0)
     return np.asarray(smoothed), float(khat)
+
+
+def resample_indices(smoothed_log_weights, num: int, seed: int | None) -> np.ndarray:
+    """``num`` indices drawn with replacement with probabilities ``exp(smoothed_log_weights)``
+    (normalised here): importance resampling of PSIS-weighted draws."""
+    lw = np.asarray(smoothed_log_weights, dtype=np.float64)
+    prob = np.exp(lw - lw.max())
+    return np.random.default_rng(seed).choice(len(lw), size=num, p=prob / prob.sum())
 
 
 def _normalised(lw: np.ndarray) -> np.ndarray:

@@ -190,9 +190,10 @@ def test_init_pathfinder_starts_every_guide_at_pathfinders_gaussian(guide):
         tril = (pf.guide.scale[:, None] * pf.guide.scale_tril).detach().float()
     result = ppl_vi.fit(blr.model, **blr.load_data(60), guide=guide, init=pf, lr=1e-30,
                         num_steps=1, polish=None, convergence=None, progress=False)  # fmt: skip
-    median = result.summary(20000, seed=0)["mean"].to_numpy()
+    mean = result.summary(20000, seed=0)["mean"].to_numpy()
     sd = tril.pow(2).sum(-1).sqrt().numpy()
-    np.testing.assert_allclose(median, loc.numpy(), atol=4 * sd.max() / math.sqrt(20000) * 3)
+    # the draws' means sit on the start's means within 4 Monte Carlo standard errors each
+    assert np.all(np.abs(mean - loc.numpy()) < 4 * sd / math.sqrt(20000))
     if guide == "full_rank":
         with result.param_scope():
             got = (result.guide.scale[:, None] * result.guide.scale_tril).detach()
