@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,7 +136,57 @@ def _quality(result, khat_draws: int | None) -> dict:
     }
 
 
+def launch(argv: list, nproc: int) -> int:
+    """Run ``ppl-vi fit`` with ``argv`` in ``nproc`` processes under ``torchrun`` (one
+    machine); each runs the fit with ``--distributed``. Returns torchrun's exit code."""
+    if nproc < 2:
+        raise ValueError(f"--nproc must be >= 2 to launch a data-parallel fit (got {nproc})")
+    rest, skip = [], False
+    for token in argv:  # the same command line without --nproc
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            rest.append(token)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "ppl_vi.cli", *rest, "--distributed"]  # fmt: skip
+    print(f"ppl-vi: launching {nproc} processes: {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.call(command)
+
+
+def _join_process_group(args) -> int:
+    """Under torchrun: join the process group (NCCL with one GPU per rank when CUDA is used,
+    gloo otherwise); returns this process's rank."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        raise ValueError("--distributed runs under torchrun; use --nproc N to launch it")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        args.device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
 def cmd_fit(args) -> int:
+    if args.nproc is not None:
+        return launch(args.argv, args.nproc)
+    rank = _join_process_group(args) if args.distributed else 0
+    try:
+        return _fit_and_write(args, rank)
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _fit_and_write(args, rank: int) -> int:
     from ppl_vi import Polish, io
     from ppl_vi.errors import FitError
     from ppl_vi.fit import fit
@@ -142,6 +194,8 @@ def cmd_fit(args) -> int:
     out = Path(args.out)
     io.check_writable(out / "result.pt", "--out folder's result file")  # before any training
     model, data = load_model(args.model)
+    if args.subsample_size is not None:
+        data = {**data, "subsample_size": args.subsample_size}
     polish = None if args.no_polish else Polish(num_particles=args.polish_particles)
     try:
         options = {
@@ -153,6 +207,8 @@ def cmd_fit(args) -> int:
             "jit": args.jit,
             "checkpoint": args.checkpoint,
         }
+        if args.distributed:
+            options["distributed"] = True
         if args.guide in METHOD_NAMES:  # options of SGD fits only when set on the command line
             defaults = {"elbo": "elbo", "lr": 0.01, "jit": False, "checkpoint": None,
                         "num_particles": None, "polish": Polish()}  # fmt: skip
@@ -163,17 +219,21 @@ def cmd_fit(args) -> int:
             guide=args.guide,
             seed=args.seed,
             device=args.device,
-            progress="fit" if not args.no_progress else False,
+            progress="fit" if not args.no_progress and rank == 0 else False,
             resume=args.resume,
             model_kwargs=data,
             **options,
         )
     except FitError as err:
+        if rank != 0:  # every rank has the same error; rank 0 reports it and keeps the fit
+            return 1
         print(f"ppl-vi: {err}", file=sys.stderr)
         if err.result is not None and err.result.num_steps:
             write_outputs(err.result, out, khat_draws=0)
             print(f"wrote the fit up to step {err.result.num_steps} to {out}/", file=sys.stderr)
         return 1
+    if rank != 0:  # every rank holds the result; rank 0 writes it
+        return EXIT_INTERRUPTED if result.interrupted else 0
     summary = write_outputs(result, out, khat_draws=args.khat_draws)
     print(result)
     run = json.loads((out / "run.json").read_text())
@@ -391,6 +451,21 @@ def _parser() -> argparse.ArgumentParser:
         help="importance draws for the ELBO and k-hat in run.json (None: the "
         "result's shared set of 2**18; 0 skips them)",
     )
+    p.add_argument(
+        "--subsample-size",
+        type=int,
+        default=None,
+        help="mini-batch size, passed to the model as subsample_size= (zoo models with a "
+        "subsampled data plate: logistic_regression, vae_digits, ppca, ...)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="data-parallel fit in this many processes on this machine (launched with "
+        "torchrun; the model needs a subsampled plate, e.g. --subsample-size)",
+    )
+    p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=cmd_fit)
     d = sub.add_parser(
@@ -432,7 +507,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except KeyboardInterrupt:

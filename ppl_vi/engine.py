@@ -34,8 +34,10 @@ import torch
 from pyro.infer.util import torch_item
 from pyro.optim.optim import PyroOptim
 
+from ppl_vi import checkpoint as ckpt
 from ppl_vi import data, io
 from ppl_vi import optim as optim_lib
+from ppl_vi.distributed import DataParallel, rank_seed
 from ppl_vi.errors import DataError, FitError, NonFiniteLossError
 from ppl_vi.infer_util import (
     add_subsampling_plates,
@@ -218,6 +220,10 @@ class Engine:
     dtype : torch.dtype, optional
         Run the model and the guide in this floating dtype (floating data are cast, torch's
         default dtype is set while the engine works); the default leaves both as they are.
+    distributed : bool, default False
+        Data-parallel training on the current ``torch.distributed`` process group
+        (:mod:`ppl_vi.distributed`): each rank evaluates its shard of every step's mini-batch
+        and the gradients are averaged over the ranks.
     """
 
     def __init__(
@@ -235,6 +241,7 @@ class Engine:
         device="auto",
         seed: int | None = 0,
         dtype: torch.dtype | None = None,
+        distributed: bool = False,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro program (got {type(model).__name__})")
@@ -251,6 +258,9 @@ class Engine:
         self.device = data.resolve_device(device)
         self.seed = seed
         self.dtype = dtype
+        self.distributed = bool(distributed)
+        self.parallel: DataParallel | None = None
+        self._param_names: list = []
         self.args, self.kwargs = (), {}
         self.info = self.guide = self.elbo = None
         self.elbos: dict = {}
@@ -267,13 +277,23 @@ class Engine:
 
         Everything here happens before step 1; any problem raises here.
         """
+        seed = self.seed
+        if self.distributed:
+            self.parallel = DataParallel()
+            self.parallel.check_device(self.device)
+            if self.jit:
+                raise ValueError(
+                    "jit=True is not available with distributed=True (a compiled step cannot "
+                    "take each rank's shard of the mini-batch); leave jit off"
+                )
+            seed = rank_seed(seed, self.parallel.rank)
         with LOCK, default_dtype(self.dtype):
             args, kwargs = data.prepare(args, kwargs, self.device, self.model, self.dtype)
         self.args, self.kwargs = args, kwargs
         param_state = {"params": {}, "constraints": {}}
         store = pyro.get_param_store()
         with LOCK:  # seeding touches the global generators: not while another fit runs
-            rng = None if self.seed is None else seeded_state(self.seed, self.device)
+            rng = None if seed is None else seeded_state(seed, self.device)
         with LOCK, store.scope(state=param_state), using_rng(rng, self.device):
             with device_context(self.device), default_dtype(self.dtype):
                 self.info = self._trace(args, kwargs)
@@ -287,7 +307,45 @@ class Engine:
                 self._build_elbos(report, args, kwargs)
                 for policy in self.policies:
                     policy.setup(self)
+                if self.parallel is not None:
+                    self._setup_parallel(args, kwargs)
         return TrainState(param_state, self.optim, rng, num_steps=0)
+
+    def _setup_parallel(self, args, kwargs) -> None:
+        """Check that every rank runs the same fit, that the model has a plate to shard and
+        that its batches divide among the ranks; then give every rank rank 0's parameters."""
+        par = self.parallel
+        store = pyro.get_param_store()
+        self._param_names = sorted(store.keys())
+        par.check_same(
+            {
+                "parameters": [(n, tuple(store._params[n].shape)) for n in self._param_names],
+                "fingerprint": ckpt.fingerprint(self),
+            }
+        )
+        if not self.info.subsample_plates:
+            raise DataError(
+                f"distributed=True splits each step's mini-batch among the processes, but the "
+                f"model {self.info.name} has no subsampled plate: declare the data plate with "
+                "a mini-batch, pyro.plate('data', N, subsample_size=B). Without one every "
+                "process would repeat the same work (for more particles per step use "
+                "num_particles)"
+            )
+        par.plates = dict(self.info.subsample_plates)
+        par.seed = par.batch_seed(self.seed)
+        error = None
+        try:
+            with par.shards(0):
+                self._check_elbo(self.elbo, args, kwargs)
+        except Exception as e:  # noqa: BLE001 - raised below, after every rank has agreed
+            error = e
+        if par.agree(False, error is not None)[1]:
+            if par.refused is not None:  # without the trace Pyro appends to a model's errors
+                raise par.refused from None
+            if error is not None:
+                raise error
+            raise FitError("another rank failed the data-parallel fit's set-up (see its error)")
+        par.broadcast([store._params[n] for n in self._param_names])
 
     def _trace(self, args, kwargs):
         bad_inputs = data.nonfinite_inputs(self.model, args, kwargs)
@@ -423,6 +481,8 @@ class Engine:
             "device": self.device.type,
             "jit": self.jit,
         }
+        if self.parallel is not None:
+            out["world_size"] = self.parallel.world
         for policy in self.policies:
             out.update(policy.settings())
         return out
@@ -437,9 +497,11 @@ class Engine:
         store = pyro.get_param_store()
         with LOCK, store.scope(state=state.param_state), using_rng(state.rng, self.device):
             with device_context(self.device), default_dtype(self.dtype), self._guard.installed():
+                deferring = self._guard.deferring() if self.parallel else contextlib.nullcontext()
                 self._active = state
                 try:
-                    yield
+                    with deferring:  # data-parallel: Ctrl-C travels with the next step
+                        yield
                 finally:
                     self._active = None
 
@@ -469,19 +531,10 @@ class Engine:
     def _step(self, state: TrainState, args, kwargs, factor: float) -> float:
         elbo = self.elbos.get(state.phase, self.elbo)
         rng = _torch_rng(self.device)
-        try:
-            with poutine.trace(param_only=True) as capture:
-                loss = elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            params = list(
-                dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
-            )
-            loss = torch_item(loss)
-            _check_finite(loss, params)
-        except BaseException as e:
-            self._rewind(rng)
-            if not isinstance(e, Exception):  # Ctrl-C, SystemExit: the step never happened
-                raise
-            raise self._failure(e, state, elbo, rng, args, kwargs) from e
+        if self.parallel is not None:
+            loss, params = self._parallel_gradients(state, elbo, rng, args, kwargs)
+        else:
+            loss, params = self._gradients(state, elbo, rng, args, kwargs)
         self._guard.hold()  # a Ctrl-C from here on waits until the update is complete
         try:
             new = optim_lib.prepare(state.optim, params)
@@ -497,6 +550,74 @@ class Engine:
             self._guard.release()
         self.last_params = params
         return loss
+
+    def _gradients(self, state, elbo, rng, args, kwargs) -> tuple[float, list]:
+        """The step's loss and the parameters it set gradients on; on failure the random
+        stream is rewound, gradients are dropped and the error is raised."""
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            params = list(
+                dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
+            )
+            loss = torch_item(loss)
+            _check_finite(loss, params)
+        except BaseException as e:
+            self._rewind(rng)
+            if not isinstance(e, Exception):  # Ctrl-C, SystemExit: the step never happened
+                raise
+            raise self._failure(e, state, elbo, rng, args, kwargs) from e
+        return loss, params
+
+    def _parallel_gradients(self, state, elbo, rng, args, kwargs) -> tuple[float, list]:
+        """This rank's shard of the step, then one all_reduce that averages every parameter's
+        gradient and shares each rank's loss and status: every rank takes the step, or every
+        rank drops it and raises (a failure anywhere) or stops (Ctrl-C anywhere)."""
+        par, local = self.parallel, []
+        error, loss, interrupted = None, math.nan, False
+        try:
+            with par.shards(state.step):
+                loss = torch_item(elbo.loss_and_grads(self.model, self.guide, *args, **kwargs))
+            local = [state.params[n] for n in self._param_names]
+            if len(state.params) != len(local):
+                raise FitError(_NEW_PARAMS.format(sorted(set(state.params) - set(local))))
+            _check_finite(loss, local)
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks below
+            error = e
+        interrupted = interrupted or self._guard.pending is not None
+        local = [state.params[n] for n in self._param_names]
+        status = (error is not None, 0, interrupted)
+        mean, (failed, _, stop), grads = par.reduce(local, loss, status)
+        if failed:
+            mine = None
+            if error is not None:
+                with par.shards(state.step):
+                    mine = self._failure(error, state, elbo, rng, args, kwargs)
+            self._rewind(rng)
+            raise self._shared_failure(state, mine) from error
+        if stop:
+            self._rewind(rng)
+            self._guard.pending = None
+            raise KeyboardInterrupt
+        for p, g in zip(local, grads, strict=True):
+            p.grad = g
+        return mean, [p for p, g in zip(local, grads, strict=True) if g is not None]
+
+    def _shared_failure(self, state, mine: FitError | None) -> FitError:
+        """The same error on every rank: the first failing rank's, naming that rank."""
+        par = self.parallel
+        site = getattr(mine, "site", None)
+        info = None if mine is None else (isinstance(mine, NonFiniteLossError), str(mine), site)
+        rank, (nonfinite, text, site) = next(
+            (r, m) for r, m in enumerate(par.gather(info)) if m is not None
+        )
+        text = f"rank {rank} of {par.world}: {text}"
+        step = state.step + 1
+        error = NonFiniteLossError(text, step, site) if nonfinite else FitError(text, step=step)
+        error.state = state
+        return error
 
     def _rewind(self, rng) -> None:
         _set_torch_rng(rng)
@@ -625,6 +746,28 @@ class Engine:
                 )
 
     def _after_step(self, state: TrainState) -> bool:
+        if self.parallel is not None:
+            return self._shared_after_step(state)
+        return self._policies_after_step(state)
+
+    def _shared_after_step(self, state: TrainState) -> bool:
+        """The policies on every rank; one rank's failure (a checkpoint it could not write, a
+        callback that raised) stops every rank, with that rank's error."""
+        error, stop = None, False
+        try:
+            stop = self._policies_after_step(state)
+        except FitError as e:
+            error = e
+        any_stop, any_failed = self.parallel.agree(stop, error is not None)
+        if not any_failed:
+            return any_stop
+        texts = self.parallel.gather(None if error is None else str(error))
+        if error is not None:
+            raise error
+        rank, text = next((r, t) for r, t in enumerate(texts) if t is not None)
+        raise FitError(f"rank {rank} of {self.parallel.world}: {text}", step=state.step)
+
+    def _policies_after_step(self, state: TrainState) -> bool:
         stop = False
         for policy in self.policies:
             try:
@@ -651,6 +794,10 @@ class Engine:
             "rng": io.rng_to_plain(rng_state(self.device)),
             "loop": state.loop_payload(),
         }
+        if self.parallel is not None:  # every rank's stream; rank 0 writes
+            payload["rng_ranks"] = self.parallel.gather(payload["rng"])
+            if self.parallel.rank != 0:
+                return
         io.atomic_save(payload, path)
 
     def load_checkpoint(self, state: TrainState, payload: dict, source: str) -> None:
@@ -659,7 +806,12 @@ class Engine:
         with self.session(state):
             io.restore_params(payload["params"], self.device, source)
         state.optim._state_waiting_to_be_consumed = dict(payload["optim"])
-        rng = io.rng_from_plain(payload["rng"])
+        ranks = payload.get("rng_ranks") or []
+        rank = 0 if self.parallel is None else self.parallel.rank
+        if rank and rank >= len(ranks):  # resumed on more ranks: the new ones keep their streams
+            state.load_loop(payload["loop"], self.device)
+            return
+        rng = io.rng_from_plain(ranks[rank] if rank else payload["rng"])
         if self.device.type != "cuda":
             rng.pop("cuda", None)
         if state.rng is None:
@@ -669,6 +821,12 @@ class Engine:
 
 
 # ---------------------------------------------------------------------------- helpers
+_NEW_PARAMS = (
+    "parameters {} were created after the data-parallel fit started; every parameter must "
+    "exist after the model and guide have run once (create them at the first call)"
+)
+
+
 def _check_finite(loss: float, params: list) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not (math.isfinite(loss) and _grads_finite(grads)):

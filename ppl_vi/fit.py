@@ -37,7 +37,7 @@ __all__ = ["Convergence", "FitState", "NonFiniteLossError", "Polish", "fit"]
 OPTIONS = frozenset(
     "guide elbo num_steps lr optim num_particles seed device progress convergence polish "
     "checkpoint checkpoint_every resume callbacks clip_norm lr_schedule guide_kwargs "
-    "elbo_kwargs jit model_kwargs init dtype".split()
+    "elbo_kwargs jit model_kwargs init dtype distributed".split()
 )
 
 
@@ -67,6 +67,11 @@ def _check_options(options: dict) -> tuple:
         )
     if polish is not None and not isinstance(polish, Polish):
         raise TypeError(f"polish must be a ppl_vi.Polish or None (got {type(polish).__name__})")
+    if options["distributed"] and options["guide"] in methods.GAUSSIAN_METHODS:
+        raise ValueError(
+            f"distributed=True trains SGD guides on mini-batches; guide={options['guide']!r} "
+            "runs without stochastic gradients on the full data (use e.g. 'mean_field')"
+        )
     if resume not in ckpt.RESUME_MODES:
         raise ValueError(f"resume must be one of {ckpt.RESUME_MODES} (got resume={resume!r})")
     return num_steps, num_particles, checkpoint_every
@@ -113,6 +118,7 @@ def fit(
     model_kwargs: dict | None = None,
     init=None,
     dtype=None,
+    distributed: bool = False,
     **kwargs,
 ) -> VIResult:
     """Fit a guide to a Pyro model by stochastic variational inference.
@@ -204,7 +210,7 @@ def fit(
         When training stops after it started; ``err.result`` holds the fit up to the last
         completed step (never a bad update). Ctrl-C instead returns that partial result.
     """
-    if isinstance(guide, str) and guide in methods.GAUSSIAN_METHODS:
+    if isinstance(guide, str) and guide in methods.GAUSSIAN_METHODS and not distributed:
         return methods.run_method(guide, fit, model, model_args, locals(), kwargs)
     num_steps, num_particles, checkpoint_every = _check_options(locals())
     if model_kwargs is not None:
@@ -230,7 +236,7 @@ def fit(
         engine = Engine(
             model, guide, elbo, build_optim(optim, lr, clip_norm), policies=[*policies, bar],
             num_particles=num_particles, guide_kwargs=guide_kwargs, elbo_kwargs=elbo_kwargs,
-            jit=jit, device=device, seed=seed, dtype=dtype,
+            jit=jit, device=device, seed=seed, dtype=dtype, distributed=distributed,
         )  # fmt: skip
     path = None if checkpoint is None else io.check_writable(checkpoint, "checkpoint")
     if path is not None:

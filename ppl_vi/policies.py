@@ -366,7 +366,7 @@ class ProgressBar(Policy):
         self.bar = tqdm(
             total=state.num_steps,
             initial=state.step,
-            disable=not self.enabled or state.phase == "done",
+            disable=not self.enabled or state.phase == "done" or _not_main_rank(engine),
             desc=self.label,
             unit="step",
             mininterval=0.25,
@@ -384,6 +384,11 @@ class ProgressBar(Policy):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _not_main_rank(engine) -> bool:
+    parallel = getattr(engine, "parallel", None)
+    return parallel is not None and parallel.rank != 0
 
 
 def param_names(params) -> list:

@@ -135,6 +135,7 @@ class InterruptGuard:
     def __init__(self):
         self.holding = False
         self.pending = None
+        self.sticky = False
         self._previous = None
 
     def _handle(self, signum, frame):
@@ -170,7 +171,20 @@ class InterruptGuard:
     def hold(self) -> None:
         self.holding = True
 
+    @contextlib.contextmanager
+    def deferring(self):
+        """Hold every Ctrl-C for the whole block (``pending`` records it; the caller acts on
+        it); one left unhandled at the end is dropped: the block's work is complete."""
+        self.holding = self.sticky = True
+        try:
+            yield self
+        finally:
+            self.holding = self.sticky = False
+            self.pending = None
+
     def release(self) -> None:
+        if self.sticky:
+            return
         self.holding = False
         if self.pending is not None:
             pending, self.pending = self.pending, None

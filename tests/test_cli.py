@@ -289,3 +289,23 @@ def test_fit_with_a_gaussian_method_writes_its_diagnostics(tmp_path, capsys):
     code = main(["fit", "normal_normal", "--guide", "pathfinder", "--lr", "0.1", "--no-progress",
                  "--out", str(tmp_path / "x")])  # fmt: skip
     assert code != 0 and "lr does not apply" in capsys.readouterr().err
+
+
+def test_fit_nproc_launches_a_data_parallel_fit_with_torchrun(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["fit", "logistic_regression", "--subsample-size", "64", "--steps", "60",
+            "--no-progress", "--khat-draws", "0", "--nproc", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--nproc-per-node=2" in err and "--nproc " not in err.split("launching")[1]
+    run = json.loads((out / "run.json").read_text())
+    assert run["num_steps"] == 60
+    assert len(pd.read_csv(out / "losses.csv")) == 60
+
+
+def test_fit_nproc_refuses_one_process_and_distributed_needs_torchrun(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    assert main(["fit", "logistic_regression", "--nproc", "1", "--out", out]) == 2
+    assert "--nproc must be >= 2" in capsys.readouterr().err
+    assert main(["fit", "logistic_regression", "--distributed", "--out", out]) == 2
+    assert "runs under torchrun" in capsys.readouterr().err

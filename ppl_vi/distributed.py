@@ -1,0 +1,249 @@
+"""Data-parallel fits on ``torch.distributed``: ``fit(..., distributed=True)``.
+
+Run one process per CPU core or GPU under ``torchrun`` (or any initialised process group:
+gloo on CPU, NCCL on GPUs). Every rank runs the same program on the same data; per step:
+
+* **Batches.** Each subsampled plate (``pyro.plate(name, N, subsample_size=B)``) draws its
+  global batch of ``B`` indices from a per-epoch permutation of ``range(N)`` that every rank
+  computes alike (seeded by the fit's seed, the plate and the epoch: O(N) work once per epoch,
+  O(B) per step); rank ``r`` of ``W`` uses the ``r``-th of ``W`` equal, disjoint slices, so the
+  global batch is the user's ``subsample_size`` and each rank evaluates ``B / W`` data points
+  (Pyro then scales them by ``N / (B / W)``). ``B`` must be divisible by ``W``. An epoch's
+  last ``N mod B`` points wait for the next epoch's permutation (``drop_last``).
+* **Gradients.** Every parameter's gradient (guide and model: ``pyro.param``, ``PyroModule``,
+  amortized networks) is averaged over the ranks with one ``all_reduce`` of one flat buffer,
+  which also carries each rank's loss and status (failed, non-finite, Ctrl-C). The average of
+  the ranks' unbiased estimates with batch ``B / W`` each equals the estimate from the global
+  batch ``B`` (the data terms exactly; the prior and entropy terms with ``W`` particles).
+* **Parameters** start identical (broadcast from rank 0 after the first trace) and stay so:
+  each rank applies the same update to the same values.
+* **Random streams.** Rank 0 runs on the fit's seed, rank ``r > 0`` on a seed derived from
+  ``(seed, r)``: particles differ per rank, and a run is reproducible for a given seed and
+  world size.
+* **Failures.** An error, a non-finite loss or gradient, or Ctrl-C on any rank stops every
+  rank at the same step: the step is dropped everywhere, each rank raises the same kind of
+  error naming the rank and the step, and every rank keeps the last good state. Ctrl-C is
+  held for the whole run and travels in the next step's buffer, so ranks never wait on a
+  peer that has left.
+* **Outputs.** Only rank 0 shows progress and writes checkpoints (with every rank's random
+  state, so a resumed run continues each stream); every rank returns the result.
+
+Per-datum guide parameters (a mean-field guide over a subsampled plate's local latents) are
+replicated on every rank and their gradients averaged like the others: correct, but the
+communication and the optimizer work grow with N; for large N use an amortized guide.
+A model without a subsampled plate is refused (every rank would do the same work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import zlib
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pyro.poutine.subsample_messenger import SubsampleMessenger
+
+__all__ = ["DataParallel", "batch_indices", "rank_seed"]
+
+#: Status slots at the end of the gradient buffer.
+LOSS, FAILED, NONFINITE, INTERRUPTED = range(4)
+
+
+def rank_seed(seed: int | None, rank: int) -> int | None:
+    """The seed of rank ``rank``'s random stream: the fit's seed on rank 0, a seed derived
+    from ``(seed, rank)`` (NumPy's ``SeedSequence``) elsewhere."""
+    if seed is None or rank == 0:
+        return seed
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
+
+
+def _epoch_seed(seed: int, plate: str, epoch: int) -> int:
+    words = [int(seed) & 0xFFFFFFFF, zlib.crc32(plate.encode()), int(epoch)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _permutation(seed: int, plate: str, epoch: int, size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, plate, epoch))
+    return torch.randperm(size, generator=gen)
+
+
+def batch_indices(
+    seed: int, plate: str, step: int, size: int, batch: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
+    """The indices of plate ``plate`` (``size`` points, global batch ``batch``) that rank
+    ``rank`` of ``world`` uses at step ``step`` (0-based) of a data-parallel fit.
+
+    Step ``s`` of epoch ``e = s // (size // batch)`` takes the ``(s mod (size // batch))``-th
+    block of ``batch`` entries of epoch ``e``'s permutation; rank ``r`` takes the ``r``-th of
+    ``world`` equal slices of that block.
+    """
+    if batch % world:
+        raise ValueError(f"the batch {batch} is not divisible by {world} processes")
+    epoch, start, stop = _slice(step, size, batch, rank, world)
+    return _permutation(seed, plate, epoch, size)[start:stop].clone()
+
+
+def _slice(step: int, size: int, batch: int, rank: int, world: int) -> tuple[int, int, int]:
+    """``(epoch, start, stop)``: where rank ``rank``'s indices of step ``step`` lie in the
+    epoch's permutation."""
+    epoch, k = divmod(int(step), size // batch)
+    share = batch // world
+    start = k * batch + rank * share
+    return epoch, start, start + share
+
+
+class DataParallel:
+    """The collective side of a data-parallel fit on the current ``torch.distributed`` group.
+
+    Built by :class:`~ppl_vi.engine.Engine` when ``distributed=True``; see the module's text
+    for what it does per step.
+    """
+
+    def __init__(self, group=None):
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group: launch "
+                "with `torchrun --nproc-per-node N script.py` (or `ppl-vi fit ... --nproc N`) "
+                "and call torch.distributed.init_process_group() first (backend 'gloo' on CPU, "
+                "'nccl' on GPUs)"
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.backend = str(dist.get_backend(group))
+        self.seed = 0
+        self.plates: dict = {}
+        self.refused: Exception | None = None  # a plate whose batch the ranks cannot share
+        self._perms: dict = {}
+
+    def check_device(self, device: torch.device) -> None:
+        if self.backend == "nccl" and device.type != "cuda":
+            raise ValueError(
+                f"the process group uses NCCL, which needs CUDA tensors, but the fit runs on "
+                f"{device}: use device='cuda' (one GPU per rank, e.g. f'cuda:{{local_rank}}') or "
+                "a gloo process group on CPU"
+            )
+
+    # -------------------------------------------------------------- batches
+    def batch_seed(self, seed: int | None) -> int:
+        """The seed of the batch permutations: the fit's seed, or (``seed=None``) a random one
+        drawn on rank 0 and shared."""
+        if seed is not None:
+            return int(seed)
+        box = [int(torch.randint(0, 2**62, ()).item())] if self.rank == 0 else [None]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return int(box[0])
+
+    def _indices(self, name: str, size: int, batch: int, step: int) -> torch.Tensor:
+        if batch % self.world:
+            self.refused = ValueError(
+                f"plate '{name}' has subsample_size={batch}, which is not divisible by the "
+                f"{self.world} processes of the data-parallel fit: use a multiple of "
+                f"{self.world} (each process evaluates subsample_size / {self.world} points)"
+            )
+            raise self.refused
+        epoch, start, stop = _slice(step, size, batch, self.rank, self.world)
+        cached = self._perms.get(name)
+        if cached is None or cached[0] != epoch:  # O(size) once per epoch, O(batch) per step
+            cached = self._perms[name] = (epoch, _permutation(self.seed, name, epoch, size))
+        return cached[1][start:stop]
+
+    @contextlib.contextmanager
+    def shards(self, step: int):
+        """Within the block, every subsampled plate found at set-up (and given no explicit
+        ``subsample``) uses this rank's slice of step ``step``'s global batch.
+
+        Pyro fixes a plate's indices when the plate is built inside the model (its
+        ``_subsample`` helper); as in :func:`ppl_vi.infer_util.full_plates`, that helper is
+        swapped for the block.
+        """
+        original = SubsampleMessenger.__dict__["_subsample"]
+        plates = self.plates
+
+        def _subsample(name, size=None, subsample_size=None, subsample=None, *args, **kwargs):
+            if (
+                name in plates
+                and subsample is None
+                and size is not None
+                and subsample_size is not None
+                and subsample_size < size
+            ):
+                subsample = self._indices(name, size, subsample_size, step)
+                device = kwargs.get("device") or (args[1] if len(args) > 1 else None)
+                subsample = subsample.to(device if device is not None else torch.empty(0).device)
+                subsample_size = len(subsample)
+            return original.__func__(name, size, subsample_size, subsample, *args, **kwargs)
+
+        SubsampleMessenger._subsample = staticmethod(_subsample)
+        try:
+            yield
+        finally:
+            SubsampleMessenger._subsample = original
+
+    # -------------------------------------------------------------- collectives
+    def broadcast(self, tensors: list) -> None:
+        """Overwrite ``tensors`` with rank 0's values (in place)."""
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t.data, src=0, group=self.group)
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order."""
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def check_same(self, what: dict) -> None:
+        """Raise on every rank when a rank's ``what`` (name -> comparable value) differs from
+        rank 0's, naming the rank and the entries."""
+        views = self.gather(what)
+        for rank, view in enumerate(views):
+            diff = sorted(k for k in set(view) | set(views[0]) if view.get(k) != views[0].get(k))
+            if diff:
+                raise ValueError(
+                    f"rank {rank} of the data-parallel fit differs from rank 0 in {diff}: every "
+                    "process must run the same model on the same data with the same settings"
+                )
+
+    def reduce(self, params: list, loss: float, status: tuple) -> tuple:
+        """All-reduce this rank's gradients of ``params`` (same order on every rank; a missing
+        gradient counts as absent), its loss and its ``(failed, nonfinite, interrupted)`` flags.
+
+        Returns ``(mean loss, flag sums, grads)``, where ``grads[i]`` is the mean gradient of
+        ``params[i]`` over the ranks that had one (None where none had).
+        """
+        device = params[0].device if params else torch.device("cpu")
+        parts, counts = [], []
+        for p in params:
+            g = p.grad
+            counts.append(0.0 if g is None else 1.0)
+            parts.append(torch.zeros(p.numel(), dtype=torch.float64, device=device)
+                         if g is None else g.detach().reshape(-1).to(torch.float64))  # fmt: skip
+        tail = torch.tensor(
+            [0.0 if math.isnan(loss) else loss, *map(float, status), *counts],
+            dtype=torch.float64,
+            device=device,
+        )
+        buffer = torch.cat([*parts, tail])
+        dist.all_reduce(buffer, group=self.group)
+        tail = buffer[buffer.numel() - tail.numel() :].tolist()
+        flags = tuple(int(round(x)) for x in tail[1:4])
+        grads, offset = [], 0
+        for p, count in zip(params, tail[4:], strict=True):
+            n = p.numel()
+            if count:
+                grads.append((buffer[offset : offset + n] / self.world).to(p.dtype).view_as(p))
+            else:
+                grads.append(None)
+            offset += n
+        return tail[LOSS] / self.world, flags, grads
+
+    def agree(self, stop: bool, failed: bool) -> tuple[bool, bool]:
+        """Whether any rank wants to stop, and whether any rank's policies failed."""
+        flags = torch.tensor([float(stop), float(failed)], dtype=torch.float64)
+        if self.backend == "nccl":
+            flags = flags.cuda()
+        dist.all_reduce(flags, group=self.group)
+        return bool(flags[0].item()), bool(flags[1].item())

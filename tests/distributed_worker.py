@@ -1,0 +1,172 @@
+"""The program each process runs in tests/test_distributed.py (two gloo ranks on CPU).
+
+Each scenario writes what the test checks to ``<folder>/<scenario>.rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.distributed as tdist
+
+import ppl_vi
+from ppl_vi.engine import Engine
+
+N, D, BATCH, SEED, LR = 64, 3, 16, 3, 0.05
+#: Set by a callback on one rank to make that rank's next model call misbehave.
+TRIGGER = {"what": None}
+
+
+def data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=gen, dtype=torch.float64)
+    logits = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    y = torch.bernoulli(torch.sigmoid(logits), generator=gen)
+    return x, y
+
+
+def make_model(batch):
+    """Logistic regression written as Pyro users write it, with a mini-batch of ``batch``."""
+
+    def model(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(0.0, 2.0))
+        what = TRIGGER["what"]
+        if what == "nan":
+            b = b * float("nan")
+        elif what == "sigint":
+            TRIGGER["what"] = None
+            os.kill(os.getpid(), signal.SIGINT)
+        with pyro.plate("data", x.shape[0], subsample_size=batch) as idx:
+            pyro.sample("y", dist.Bernoulli(logits=x[idx] @ w + b), obs=y[idx])
+
+    return model
+
+
+def _on_rank(rank, step, what):
+    def callback(state):
+        if state.step == step and tdist.get_rank() == rank:
+            TRIGGER["what"] = what
+
+    return callback
+
+
+def _raise_on_rank(rank, step):
+    def callback(state):
+        if state.step == step and tdist.get_rank() == rank:
+            raise RuntimeError("callback failed here")
+
+    return callback
+
+
+def _fit(steps, **options):
+    x, y = data()
+    options = {"lr": LR, "seed": SEED, "dtype": torch.float64, "progress": False,
+               "convergence": None, "polish": None, **options}  # fmt: skip
+    return ppl_vi.fit(make_model(options.pop("batch", BATCH)), x, y, num_steps=steps,
+                      distributed=True, **options)  # fmt: skip
+
+
+def _params(result):
+    return {k: v.clone() for k, v in result.params.items()}
+
+
+def scenario_engine(folder):
+    """Engine by hand: the state right after init (per rank), then 12 steps."""
+    x, y = data()
+    engine = Engine(make_model(BATCH), "mean_field", "elbo", pyro.optim.Adam({"lr": LR}),
+                    seed=SEED, dtype=torch.float64, distributed=True)  # fmt: skip
+    state = engine.init(x, y)
+    init = {k: v.detach().clone() for k, v in state.params.items()}
+    rng = state.rng["torch"].clone()
+    for _ in engine.run(state, 12):
+        pass
+    final = {k: v.detach().clone() for k, v in state.params.items()}
+    return {"init": init, "rng": rng, "final": final, "losses": list(state.losses),
+            "batch_seed": engine.parallel.seed}  # fmt: skip
+
+
+def scenario_nan(folder):
+    try:
+        _fit(10, callbacks=[_on_rank(1, 3, "nan")])
+    except ppl_vi.NonFiniteLossError as err:
+        return {"type": type(err).__name__, "message": str(err), "step": err.step,
+                "kept": err.result.num_steps, "params": _params(err.result)}  # fmt: skip
+    return {"type": None}
+
+
+def scenario_callback(folder):
+    try:
+        _fit(10, callbacks=[_raise_on_rank(0, 4)])
+    except ppl_vi.FitError as err:
+        return {"type": type(err).__name__, "message": str(err), "kept": err.result.num_steps}
+    return {"type": None}
+
+
+def scenario_interrupt(folder):
+    path = os.path.join(folder, "interrupt.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = _fit(12, checkpoint=path, callbacks=[_on_rank(1, 5, "sigint")])
+    resumed = _fit(12, checkpoint=path)
+    straight = _fit(12)
+    return {"interrupted": first.interrupted, "first_steps": first.num_steps,
+            "warned": any("interrupted" in str(w.message) for w in caught),
+            "resumed": _params(resumed), "straight": _params(straight),
+            "resumed_losses": list(resumed.losses), "straight_losses": list(straight.losses),
+            "saved_streams": len(torch.load(path, weights_only=False)["rng_ranks"])}  # fmt: skip
+
+
+def scenario_odd_batch(folder):
+    try:
+        _fit(5, batch=15)
+    except ValueError as err:
+        return {"message": str(err)}
+    return {"message": None}
+
+
+def scenario_no_plate(folder):
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    try:
+        ppl_vi.fit(model, torch.zeros(8), num_steps=3, progress=False, distributed=True)
+    except ppl_vi.DataError as err:
+        return {"message": str(err)}
+    return {"message": None}
+
+
+SCENARIOS = {
+    "engine": scenario_engine,
+    "nan": scenario_nan,
+    "callback": scenario_callback,
+    "interrupt": scenario_interrupt,
+    "odd_batch": scenario_odd_batch,
+    "no_plate": scenario_no_plate,
+}
+
+
+def main(rank, folder, world=2):
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", "the model does not broadcast", RuntimeWarning)
+    tdist.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world
+    )
+    try:
+        for name, scenario in SCENARIOS.items():
+            TRIGGER["what"] = None
+            try:
+                out = scenario(folder)
+            except BaseException:  # noqa: BLE001 - reported to the test
+                out = {"crash": traceback.format_exc()}
+            torch.save(out, os.path.join(folder, f"{name}.rank{rank}.pt"))
+    finally:
+        tdist.destroy_process_group()
