@@ -8,7 +8,9 @@ Sections (each a script of its own, runnable alone):
   Pyro NUTS and NumPyro NUTS (eight_schools, logistic_regression and the posteriordb set);
 - ``particles``: IWAE / Renyi with K in {1, 4, 16, 64}, vectorized vs a sequential loop;
 - ``memory``: peak memory of a VAE step at batch sizes 128 and 1024;
-- ``device``: VAE and IWAE K=64 on CPU vs GPU (CPU only, and saying so, without CUDA).
+- ``device``: VAE and IWAE K=64 on CPU vs GPU (CPU only, and saying so, without CUDA);
+- ``distributed``: data-parallel ``fit(distributed=True)`` with 1 vs 2 processes (throughput,
+  time to a held-out target, scaling efficiency).
 
 The markdown goes to ``benchmarks/results/speed.md`` and replaces the part of README.md between
 ``<!-- speed:start -->`` and ``<!-- speed:end -->``. ``--table-only`` rebuilds both from the
@@ -34,7 +36,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 START, END = "<!-- speed:start -->", "<!-- speed:end -->"
-SECTIONS = ("overhead", "time_to_accuracy", "particles", "memory", "device")
+SECTIONS = ("overhead", "time_to_accuracy", "particles", "memory", "device", "distributed")
 
 
 def _arguments(name: str, args) -> list:

@@ -753,6 +753,8 @@ class Engine:
     def _shared_after_step(self, state: TrainState) -> bool:
         """The policies on every rank; one rank's failure (a checkpoint it could not write, a
         callback that raised) stops every rank, with that rank's error."""
+        if not any(policy.rank_dependent(state) for policy in self.policies):
+            return self._policies_after_step(state)  # decided alike on every rank
         error, stop = None, False
         try:
             stop = self._policies_after_step(state)

@@ -65,6 +65,12 @@ class Policy:
         """What of this policy shapes the trajectory (recorded in checkpoint fingerprints)."""
         return {}
 
+    def rank_dependent(self, state) -> bool:
+        """In a data-parallel fit, whether ``after_step`` may decide or fail differently on
+        different ranks at this step (user code, files): the ranks then compare outcomes
+        (one small collective). Policies that decide from the shared state return False."""
+        return False
+
 
 # ----------------------------------------------------------------------------- stopping
 @dataclass(frozen=True)
@@ -302,6 +308,9 @@ class Callbacks(Policy):
             if not callable(cb):
                 raise TypeError(f"every callback must be callable (got {type(cb).__name__})")
 
+    def rank_dependent(self, state) -> bool:
+        return bool(self.callbacks)
+
     def after_step(self, engine, state) -> bool:
         if not self.callbacks:
             return False
@@ -342,6 +351,9 @@ class Checkpointing(Policy):
     def start(self, engine, state) -> None:
         self._started_at = (state.step, state.phase)
 
+    def rank_dependent(self, state) -> bool:
+        return state.step % self.every == 0
+
     def after_step(self, engine, state) -> bool:
         if state.step % self.every == 0:
             engine.save_checkpoint(state, self.path, self.fingerprint)
@@ -374,10 +386,13 @@ class ProgressBar(Policy):
         )
 
     def after_step(self, engine, state) -> bool:
-        self.bar.update()
-        if state.step % 50 == 0:
-            recent = state.losses[-100:]
-            self.bar.set_postfix_str(f"loss {sum(recent) / len(recent):.5g}", refresh=False)
+        try:
+            self.bar.update()
+            if state.step % 50 == 0:
+                recent = state.losses[-100:]
+                self.bar.set_postfix_str(f"loss {sum(recent) / len(recent):.5g}", refresh=False)
+        except (OSError, ValueError):  # a closed or broken terminal: no bar, the fit goes on
+            self.bar.disable = True
         return False
 
     def finish(self, engine, state, outcome: str) -> None:

@@ -144,6 +144,21 @@ def scenario_no_plate(folder):
     return {"message": None}
 
 
+def scenario_vae(folder):
+    """Amortized guide (an encoder network) and model-side network parameters
+    (``pyro.module``): every parameter moves and stays identical across ranks."""
+    from ppl_vi.models import vae_digits
+
+    pyro.clear_param_store()
+    engine = Engine(vae_digits.model, "amortized", "elbo", pyro.optim.Adam({"lr": 0.01}),
+                    seed=SEED, distributed=True)  # fmt: skip
+    state = engine.init(**vae_digits.load_data(n=256), subsample_size=32)
+    init = {k: v.detach().clone() for k, v in state.params.items()}
+    for _ in engine.run(state, 6):
+        pass
+    return {"init": init, "final": {k: v.detach().clone() for k, v in state.params.items()}}
+
+
 SCENARIOS = {
     "engine": scenario_engine,
     "nan": scenario_nan,
@@ -151,6 +166,7 @@ SCENARIOS = {
     "interrupt": scenario_interrupt,
     "odd_batch": scenario_odd_batch,
     "no_plate": scenario_no_plate,
+    "vae": scenario_vae,
 }
 
 
@@ -170,3 +186,21 @@ def main(rank, folder, world=2):
             torch.save(out, os.path.join(folder, f"{name}.rank{rank}.pt"))
     finally:
         tdist.destroy_process_group()
+
+
+def nccl_main(rank, folder, world):
+    """One rank per GPU on NCCL: a short fit on ``cuda:rank``; writes its parameters."""
+    torch.cuda.set_device(rank)
+    tdist.init_process_group(
+        "nccl", init_method=f"file://{folder}/store", rank=rank, world_size=world
+    )
+    try:
+        x, y = data()
+        result = ppl_vi.fit(make_model(BATCH), x, y, num_steps=20, lr=LR, seed=SEED,
+                            progress=False, device=f"cuda:{rank}", distributed=True)  # fmt: skip
+        out = {"params": {k: v.cpu() for k, v in result.params.items()},
+               "device": str(next(iter(result.params.values())).device)}  # fmt: skip
+    except BaseException:  # noqa: BLE001 - reported to the test
+        out = {"crash": traceback.format_exc()}
+    torch.save(out, os.path.join(folder, f"nccl.rank{rank}.pt"))
+    tdist.destroy_process_group()

@@ -103,6 +103,15 @@ def test_two_processes_equal_one_process_averaging_the_same_shards(ranks):
     assert moved > 10 * worker.LR
 
 
+def test_network_parameters_of_guide_and_model_are_averaged(ranks):
+    r0, r1 = ranks["vae"]
+    assert any(name.startswith("vae_decoder") for name in r0["final"])  # model side
+    assert len(r0["final"]) > 4  # encoder layers too
+    for name, value in r0["final"].items():
+        assert torch.equal(value, r1["final"][name]), name
+        assert not torch.equal(value, r0["init"][name]), f"{name} did not move"
+
+
 def test_nan_on_one_rank_stops_both_at_that_step(ranks):
     for out in ranks["nan"]:
         assert out["type"] == "NonFiniteLossError"
@@ -175,3 +184,17 @@ def test_rank_seeds_differ_and_rank_zero_keeps_the_seed():
     seeds = [rank_seed(5, r) for r in range(4)]
     assert seeds[0] == 5 and len(set(seeds)) == 4
     assert rank_seed(None, 3) is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (NCCL path)")
+def test_nccl_one_rank_per_gpu(tmp_path):
+    world = min(torch.cuda.device_count(), 2)
+    mp.start_processes(worker.nccl_main, args=(str(tmp_path), world), nprocs=world,
+                       start_method="spawn")  # fmt: skip
+    outs = [torch.load(tmp_path / f"nccl.rank{r}.pt", weights_only=False) for r in range(world)]
+    for out in outs:
+        assert "crash" not in out, out.get("crash")
+        assert all(torch.isfinite(v).all() for v in out["params"].values())
+    for name, value in outs[0]["params"].items():
+        assert all(torch.equal(value, out["params"][name]) for out in outs), name
