@@ -152,7 +152,17 @@ def launch(argv: list, nproc: int) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "ppl_vi.cli", *rest, "--distributed"]  # fmt: skip
     print(f"ppl-vi: launching {nproc} processes: {' '.join(command[1:])}", file=sys.stderr)
-    return subprocess.call(command)
+    process, interrupted = subprocess.Popen(command), False
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:  # torchrun and the workers get Ctrl-C too: let them save
+            interrupted = True
+    if interrupted:  # torchrun reports the signal as its own failure; the fit was kept
+        print("ppl-vi: interrupted; what rank 0 finished is in --out", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
 
 
 def _join_process_group(args) -> int:

@@ -159,6 +159,23 @@ def scenario_vae(folder):
     return {"init": init, "final": {k: v.detach().clone() for k, v in state.params.items()}}
 
 
+#: Every other guide family and ELBO of the library in a data-parallel fit.
+COMBINATIONS = [(g, "elbo") for g in ("full_rank", "low_rank", "iaf", "hvm")] + [
+    ("mean_field", e) for e in ("iwae", "renyi", "rb_score", "stein")
+]
+
+
+def scenario_families(folder):
+    out = {}
+    for guide, elbo in COMBINATIONS:
+        try:
+            result = _fit(4, guide=guide, elbo=elbo, dtype=torch.float32)
+            out[f"{guide}/{elbo}"] = {"params": _params(result), "losses": list(result.losses)}
+        except Exception as err:  # noqa: BLE001 - reported per combination
+            out[f"{guide}/{elbo}"] = {"error": f"{type(err).__name__}: {err}"}
+    return out
+
+
 SCENARIOS = {
     "engine": scenario_engine,
     "nan": scenario_nan,
@@ -167,6 +184,7 @@ SCENARIOS = {
     "odd_batch": scenario_odd_batch,
     "no_plate": scenario_no_plate,
     "vae": scenario_vae,
+    "families": scenario_families,
 }
 
 

@@ -112,6 +112,16 @@ def test_network_parameters_of_guide_and_model_are_averaged(ranks):
         assert not torch.equal(value, r0["init"][name]), f"{name} did not move"
 
 
+def test_every_guide_family_and_elbo_trains_data_parallel(ranks):
+    r0, r1 = ranks["families"]
+    assert len(r0) == len(worker.COMBINATIONS)
+    for key, out in r0.items():
+        assert "error" not in out, f"{key}: {out['error']}"
+        assert out["losses"] == r1[key]["losses"] and len(out["losses"]) == 4, key
+        for name, value in out["params"].items():
+            assert torch.equal(value, r1[key]["params"][name]), f"{key}: {name}"
+
+
 def test_nan_on_one_rank_stops_both_at_that_step(ranks):
     for out in ranks["nan"]:
         assert out["type"] == "NonFiniteLossError"
