@@ -54,6 +54,9 @@ WORKLOADS = {
     "logreg-8192": {**_LOGREG, "batch": 8192},
     "vae-100": {**_VAE, "batch": 100},
     "vae-500": {**_VAE, "batch": 500},
+    # more work per step: where the collective's latency stops mattering
+    "logreg-65536": {**_LOGREG, "batch": 65536},
+    "vae-wide-500": {**_VAE, "batch": 500, "hidden": 1024, "label": "digits VAE, hidden 1024"},
 }
 
 
@@ -88,7 +91,7 @@ def _logreg_metric(test):
     return metric
 
 
-def _vae_metric(test):
+def _vae_metric(test, hidden):
     from pyro.infer import Trace_ELBO
 
     from ppl_vi.models import vae_digits
@@ -98,24 +101,21 @@ def _vae_metric(test):
 
     def metric(engine):
         with seeded(1), torch.no_grad():
-            return -elbo.loss(vae_digits.model, engine.guide, **test) / len(test["x"])
+            loss = elbo.loss(vae_digits.model, engine.guide, hidden_dim=hidden, **test)
+            return -loss / len(test["x"])
 
     return metric
 
 
-def _setup(kind: str):
+def _setup(kind: str, hidden: int = 128):
     """``(model, guide, data kwargs, held-out metric)``."""
     from ppl_vi.models import logistic_regression, vae_digits
 
     if kind == "logreg":
         (X, y), test = _logreg_data()
         return logistic_regression.model, "mean_field", {"X": X, "y": y}, _logreg_metric(test)
-    return (
-        vae_digits.model,
-        "amortized",
-        vae_digits.load_data(),
-        _vae_metric(vae_digits.load_data("test")),
-    )
+    data = {**vae_digits.load_data(), "hidden_dim": hidden}
+    return vae_digits.model, "amortized", data, _vae_metric(vae_digits.load_data("test"), hidden)
 
 
 def worker(rank, world, store, workload, mode, steps, threads, out):
@@ -131,7 +131,7 @@ def worker(rank, world, store, workload, mode, steps, threads, out):
     warnings.filterwarnings("ignore")
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     spec = WORKLOADS[workload]
-    model, guide, data, metric = _setup(spec["kind"])
+    model, guide, data, metric = _setup(spec["kind"], spec.get("hidden", 128))
     stamps, evals = [], {"time": 0.0, "reached": None, "values": []}
     num_steps = 20 + steps if mode == "throughput" else spec["max_steps"]
     began = time.perf_counter()
@@ -163,10 +163,68 @@ def worker(rank, world, store, workload, mode, steps, threads, out):
     dist.destroy_process_group()
 
 
+def ddp_worker(rank, world, store, workload, mode, steps, threads, out):
+    """The floor: the same VAE (encoder 64-64-16, decoder L-H-64, Bernoulli pixels, analytic
+    KL) written by hand in PyTorch and trained with ``DistributedDataParallel`` (bucketed
+    all-reduce overlapped with the backward pass), Adam, the same batch per process."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ppl_vi.models import vae_digits
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    spec = WORKLOADS[workload]
+    x = vae_digits.load_data()["x"]
+    hidden, latent, batch = spec.get("hidden", 128), 8, spec["batch"]
+    torch.manual_seed(0)
+    net = nn.ModuleDict({
+        "enc": nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2 * latent)),
+        "dec": nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, 64)),
+    })  # fmt: skip
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, xb):
+            loc, raw = self.net["enc"](xb).chunk(2, -1)
+            scale = nn.functional.softplus(raw) + 1e-5
+            z = loc + scale * torch.randn_like(loc)
+            logits = self.net["dec"](z)
+            ll = -nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="none")
+            kl = 0.5 * (loc**2 + scale**2 - 1.0 - 2.0 * scale.log())
+            return -(ll.sum(-1) - kl.sum(-1)).mean() * len(x)
+
+    model = DistributedDataParallel(VAE())
+    opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+    gen = torch.Generator().manual_seed(0)
+    perm, stamps = None, []
+    per_epoch = len(x) // (batch * world)
+    for step in range(20 + steps):
+        k = step % per_epoch
+        if k == 0:
+            perm = torch.randperm(len(x), generator=gen)
+        start = (k * world + rank) * batch
+        loss = model(x[perm[start : start + batch]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stamps.append(time.perf_counter())
+    if rank == 0:
+        seconds = stamps[-1] - stamps[19]
+        Path(out).write_text(json.dumps({"examples_per_s": batch * world * steps / seconds,
+                                         "ms_per_step": 1e3 * seconds / steps}))  # fmt: skip
+    dist.destroy_process_group()
+
+
 def run(workload: str, mode: str, world: int, steps: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
-        mp.start_processes(worker, args=(world, os.path.join(tmp, "store"), workload, mode,
+        target = ddp_worker if mode == "ddp" else worker
+        mp.start_processes(target, args=(world, os.path.join(tmp, "store"), workload, mode,
                                          steps, threads, out),
                            nprocs=world, start_method="spawn")  # fmt: skip
         return json.loads(Path(out).read_text())
@@ -183,15 +241,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--only", default=",".join(WORKLOADS))
     parser.add_argument("--out", default=str(RESULTS / "distributed.json"))
+    parser.add_argument("--merge", action="store_true", help="keep --out's other workloads")
     args = parser.parse_args(argv)
     load = [os.getloadavg()[0]]
-    raw = {w: {"throughput": {1: [], 2: []}, "target": {1: [], 2: []}, "misses": {1: 0, 2: 0}}
-           for w in args.only.split(",")}  # fmt: skip
+    raw = {w: {"throughput": {1: [], 2: []}, "target": {1: [], 2: []}, "misses": {1: 0, 2: 0},
+               "load": [], "ddp": {1: [], 2: []}} for w in args.only.split(",")}  # fmt: skip
     for rep in range(args.repeats):
         for workload, rows in raw.items():
             for world in (1, 2):  # interleaved: 1, 2, 1, 2, ...
                 t = run(workload, "throughput", world, args.steps, args.threads)
                 rows["throughput"][world].append(t["examples_per_s"])
+                if WORKLOADS[workload]["kind"] == "vae":
+                    h = run(workload, "ddp", world, args.steps, args.threads)
+                    rows["ddp"][world].append(h["examples_per_s"])
                 g = run(workload, "target", world, args.steps, args.threads)
                 if g["reached"] is None:
                     rows["misses"][world] += 1
@@ -201,6 +263,7 @@ def main(argv=None) -> int:
                       f"{t['ms_per_step']:.2f} ms/step; target {g['reached'] or g['last']}",
                       flush=True)  # fmt: skip
                 load.append(os.getloadavg()[0])
+                rows["load"].append(load[-1])
     report = {
         "torch_threads_per_process": args.threads,
         "repeats": args.repeats,
@@ -218,8 +281,21 @@ def main(argv=None) -> int:
                  "efficiency": _stats([b / a for a, b in zip(thr[1], thr[2], strict=True)]),
                  "time_to_target_s": {w: _stats(v) if v else None
                                       for w, v in rows["target"].items()},
-                 "misses": rows["misses"]}  # fmt: skip
+                 "misses": rows["misses"], "repeats": args.repeats,
+                 "ddp_throughput": {w: _stats(v) for w, v in rows["ddp"].items() if v} or None,
+                 "ddp_efficiency": _stats([b / a for a, b in zip(*rows["ddp"].values(),
+                                                                 strict=True)])
+                 if rows["ddp"][1] else None,
+                 "load_average": _stats(rows["load"])}  # fmt: skip
         report["workloads"][workload] = entry
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        merged = {**old["workloads"], **report["workloads"]}
+        report["workloads"] = {w: merged[w] for w in WORKLOADS if w in merged}
+        loads = [old["load_average"], report["load_average"]]
+        report["load_average"] = {"median": statistics.median(x["median"] for x in loads),
+                                  "min": min(x["min"] for x in loads),
+                                  "max": max(x["max"] for x in loads)}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(markdown(json.loads(Path(args.out).read_text())))
@@ -240,22 +316,40 @@ def markdown(report: dict) -> str:
         "",
         f"`fit(distributed=True)` on a gloo group of 1 or 2 processes on this {report['cpus']}-"
         f"core machine, {report['torch_threads_per_process']} torch thread per process, fixed "
-        f"batch per process; median (min-max) of {report['repeats']} interleaved repeats, "
+        "batch per process; median (min-max) of the interleaved repeats (last column), "
         f"load average {load['median']:.1f} ({load['min']:.1f}-{load['max']:.1f}). "
         "Throughput: training examples per second; time to target: seconds until the held-out "
         "metric reaches the target (set-up included, evaluation excluded).",
         "",
         "| workload | batch / process | examples/s, 1 process | examples/s, 2 processes "
-        "| scaling (2 vs 1) | target | s to target, 1 | s to target, 2 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scaling (2 vs 1) | target | s to target, 1 | s to target, 2 | repeats |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for entry in report["workloads"].values():
         thr, ttt = entry["throughput"], entry["time_to_target_s"]
         lines.append(
             f"| {entry['label']} | {entry['batch']} | {_fmt(thr['1'])} | {_fmt(thr['2'])} "
             f"| {_fmt(entry['efficiency'], 2)} | {entry['target']} | {_fmt(ttt['1'], 1)} "
-            f"| {_fmt(ttt['2'], 1)} |"
+            f"| {_fmt(ttt['2'], 1)} | {entry.get('repeats', report['repeats'])} |"
         )
+    ddp = [e for e in report["workloads"].values() if e.get("ddp_efficiency")]
+    if ddp:
+        lines += [
+            "",
+            "The same VAEs written by hand in PyTorch and trained with `DistributedDataParallel` "
+            "(gradient all-reduce in buckets, overlapped with the backward pass), same batch "
+            "per process, runs interleaved with the ones above:",
+            "",
+            "| workload | batch / process | DDP examples/s, 1 | DDP examples/s, 2 "
+            "| DDP scaling | ppl-vi scaling |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for e in ddp:
+            thr = e["ddp_throughput"]
+            lines.append(
+                f"| {e['label']} | {e['batch']} | {_fmt(thr['1'])} | {_fmt(thr['2'])} "
+                f"| {_fmt(e['ddp_efficiency'], 2)} | {_fmt(e['efficiency'], 2)} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -36,14 +36,14 @@ A model without a subsampled plate is refused (every rank would do the same work
 
 from __future__ import annotations
 
-import contextlib
 import math
 import zlib
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pyro.poutine.subsample_messenger import SubsampleMessenger
+
+from ppl_vi.infer_util import plate_indices
 
 __all__ = ["DataParallel", "batch_indices", "rank_seed"]
 
@@ -158,19 +158,12 @@ class DataParallel:
             cached = self._perms[name] = (epoch, _permutation(self.seed, name, epoch, size))
         return cached[1][start:stop]
 
-    @contextlib.contextmanager
     def shards(self, step: int):
         """Within the block, every subsampled plate found at set-up (and given no explicit
-        ``subsample``) uses this rank's slice of step ``step``'s global batch.
-
-        Pyro fixes a plate's indices when the plate is built inside the model (its
-        ``_subsample`` helper); as in :func:`ppl_vi.infer_util.full_plates`, that helper is
-        swapped for the block.
-        """
-        original = SubsampleMessenger.__dict__["_subsample"]
+        ``subsample``) uses this rank's slice of step ``step``'s global batch."""
         plates = self.plates
 
-        def _subsample(name, size=None, subsample_size=None, subsample=None, *args, **kwargs):
+        def choose(name, size, subsample_size, subsample, device):
             if (
                 name in plates
                 and subsample is None
@@ -179,16 +172,11 @@ class DataParallel:
                 and subsample_size < size
             ):
                 subsample = self._indices(name, size, subsample_size, step)
-                device = kwargs.get("device") or (args[1] if len(args) > 1 else None)
                 subsample = subsample.to(device if device is not None else torch.empty(0).device)
                 subsample_size = len(subsample)
-            return original.__func__(name, size, subsample_size, subsample, *args, **kwargs)
+            return subsample_size, subsample
 
-        SubsampleMessenger._subsample = staticmethod(_subsample)
-        try:
-            yield
-        finally:
-            SubsampleMessenger._subsample = original
+        return plate_indices(choose)
 
     # -------------------------------------------------------------- collectives
     def broadcast(self, tensors: list) -> None:

@@ -263,12 +263,31 @@ def full_plates(info: ModelInfo):
     if not info.subsample_plates:
         yield
         return
-    original = SubsampleMessenger.__dict__["_subsample"]
     plates = info.subsample_plates
 
-    def _subsample(name, size=None, subsample_size=None, subsample=None, *args, **kwargs):
+    def choose(name, size, subsample_size, subsample, device):
         if name in plates and subsample is None and size is not None:
             subsample_size = size
+        return subsample_size, subsample
+
+    with plate_indices(choose):
+        yield
+
+
+@contextlib.contextmanager
+def plate_indices(choose):
+    """Within the block, every ``pyro.plate`` asks ``choose(name, size, subsample_size,
+    subsample, device) -> (subsample_size, subsample)`` for its mini-batch before Pyro draws one.
+
+    Pyro fixes a plate's indices when the plate is built inside the model (in its
+    ``_subsample`` helper, which has no hook), so the helper is swapped for the block. Hold
+    :data:`~ppl_vi.runtime.LOCK`: the swap is process-wide.
+    """
+    original = SubsampleMessenger.__dict__["_subsample"]
+
+    def _subsample(name, size=None, subsample_size=None, subsample=None, *args, **kwargs):
+        device = kwargs.get("device") or (args[1] if len(args) > 1 else None)
+        subsample_size, subsample = choose(name, size, subsample_size, subsample, device)
         return original.__func__(name, size, subsample_size, subsample, *args, **kwargs)
 
     SubsampleMessenger._subsample = staticmethod(_subsample)
