@@ -159,6 +159,30 @@ def scenario_vae(folder):
     return {"init": init, "final": {k: v.detach().clone() for k, v in state.params.items()}}
 
 
+def scenario_locals(folder):
+    """Per-datum latents in the subsampled plate: the mean-field guide's local parameters are
+    replicated on every rank; only the entries in a step's global batch move."""
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", len(y), subsample_size=BATCH) as idx:
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("y", dist.Normal(z, 0.5), obs=y[idx])
+
+    y = torch.linspace(-2.0, 2.0, N)
+    engine = Engine(model, "mean_field", "elbo", pyro.optim.Adam({"lr": LR}), seed=SEED,
+                    distributed=True)  # fmt: skip
+    state = engine.init(y)
+    before = state.params["MeanField.locs.z"].detach().clone()
+    for _ in engine.run(state, 1):
+        pass
+    moved = (state.params["MeanField.locs.z"] != before).nonzero().flatten()
+    batch = torch.cat([engine.parallel._indices("data", N, BATCH, 0)] + engine.parallel.gather(
+        engine.parallel._indices("data", N, BATCH, 0))).unique()  # fmt: skip
+    return {"moved": moved, "batch": batch,
+            "params": {k: v.detach().clone() for k, v in state.params.items()}}  # fmt: skip
+
+
 #: Every other guide family and ELBO of the library in a data-parallel fit.
 COMBINATIONS = [(g, "elbo") for g in ("full_rank", "low_rank", "iaf", "hvm")] + [
     ("mean_field", e) for e in ("iwae", "renyi", "rb_score", "stein")
@@ -185,6 +209,7 @@ SCENARIOS = {
     "no_plate": scenario_no_plate,
     "vae": scenario_vae,
     "families": scenario_families,
+    "locals": scenario_locals,
 }
 
 

@@ -122,6 +122,14 @@ def test_every_guide_family_and_elbo_trains_data_parallel(ranks):
             assert torch.equal(value, r1[key]["params"][name]), f"{key}: {name}"
 
 
+def test_per_datum_parameters_move_only_in_the_global_batch(ranks):
+    r0, r1 = ranks["locals"]
+    assert len(r0["batch"]) == worker.BATCH  # the two ranks' shards: disjoint, together B
+    assert torch.equal(r0["moved"].sort().values, r0["batch"].sort().values)
+    for name, value in r0["params"].items():
+        assert torch.equal(value, r1["params"][name]), name
+
+
 def test_nan_on_one_rank_stops_both_at_that_step(ranks):
     for out in ranks["nan"]:
         assert out["type"] == "NonFiniteLossError"
