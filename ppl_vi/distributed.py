@@ -37,6 +37,7 @@ A model without a subsampled plate is refused (every rank would do the same work
 from __future__ import annotations
 
 import math
+import os
 import zlib
 
 import numpy as np
@@ -123,10 +124,20 @@ class DataParallel:
         self.backend = str(dist.get_backend(group))
         self.seed = 0
         self.plates: dict = {}
+        self.comm_device = torch.device("cpu")
         self.refused: Exception | None = None  # a plate whose batch the ranks cannot share
         self._perms: dict = {}
 
+    def device(self, device: torch.device) -> torch.device:
+        """``cuda`` without an index (``device="auto"`` on a GPU machine) means this rank's own
+        GPU: ``LOCAL_RANK`` (set by torchrun), else the rank modulo the visible devices."""
+        if device.type != "cuda" or device.index is not None:
+            return device
+        local = int(os.environ.get("LOCAL_RANK", self.rank))
+        return torch.device("cuda", local % torch.cuda.device_count())
+
     def check_device(self, device: torch.device) -> None:
+        self.comm_device = device if self.backend == "nccl" else torch.device("cpu")
         if self.backend == "nccl" and device.type != "cuda":
             raise ValueError(
                 f"the process group uses NCCL, which needs CUDA tensors, but the fit runs on "
@@ -240,6 +251,8 @@ class DataParallel:
 
     def sum(self, buffer: torch.Tensor) -> torch.Tensor:
         """The sum of every rank's ``buffer``, the same bits on every rank."""
+        if self.backend == "gloo" and buffer.is_cuda:  # gloo's CPU path on a CUDA fit
+            return self.sum(buffer.cpu()).to(buffer.device)
         if buffer.numel() > GATHER_MAX:
             dist.all_reduce(buffer, group=self.group)
             return buffer
@@ -250,7 +263,5 @@ class DataParallel:
     def agree(self, stop: bool, failed: bool) -> tuple[bool, bool]:
         """Whether any rank wants to stop, and whether any rank's policies failed."""
         flags = torch.tensor([float(stop), float(failed)], dtype=torch.float64)
-        if self.backend == "nccl":
-            flags = flags.cuda()
-        flags = self.sum(flags)
+        flags = self.sum(flags.to(self.comm_device))
         return bool(flags[0].item()), bool(flags[1].item())

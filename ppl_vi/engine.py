@@ -280,6 +280,7 @@ class Engine:
         seed = self.seed
         if self.distributed:
             self.parallel = DataParallel()
+            self.device = self.parallel.device(self.device)
             self.parallel.check_device(self.device)
             if self.jit:
                 raise ValueError(

@@ -232,7 +232,8 @@ def main(rank, folder, world=2):
 
 
 def nccl_main(rank, folder, world):
-    """One rank per GPU on NCCL: a short fit on ``cuda:rank``; writes its parameters."""
+    """One rank per GPU on NCCL: a short fit with ``device="cuda"``, which means this rank's own
+    GPU; writes its parameters and where they live."""
     torch.cuda.set_device(rank)
     tdist.init_process_group(
         "nccl", init_method=f"file://{folder}/store", rank=rank, world_size=world
@@ -240,7 +241,7 @@ def nccl_main(rank, folder, world):
     try:
         x, y = data()
         result = ppl_vi.fit(make_model(BATCH), x, y, num_steps=20, lr=LR, seed=SEED,
-                            progress=False, device=f"cuda:{rank}", distributed=True)  # fmt: skip
+                            progress=False, device="cuda", distributed=True)  # fmt: skip
         out = {"params": {k: v.cpu() for k, v in result.params.items()},
                "device": str(next(iter(result.params.values())).device)}  # fmt: skip
     except BaseException:  # noqa: BLE001 - reported to the test

@@ -211,8 +211,9 @@ def test_nccl_one_rank_per_gpu(tmp_path):
     mp.start_processes(worker.nccl_main, args=(str(tmp_path), world), nprocs=world,
                        start_method="spawn")  # fmt: skip
     outs = [torch.load(tmp_path / f"nccl.rank{r}.pt", weights_only=False) for r in range(world)]
-    for out in outs:
+    for rank, out in enumerate(outs):
         assert "crash" not in out, out.get("crash")
+        assert out["device"] == f"cuda:{rank}"
         assert all(torch.isfinite(v).all() for v in out["params"].values())
     for name, value in outs[0]["params"].items():
         assert all(torch.equal(value, out["params"][name]) for out in outs), name
