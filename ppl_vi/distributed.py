@@ -124,6 +124,7 @@ class DataParallel:
         self.backend = str(dist.get_backend(group))
         self.seed = 0
         self.plates: dict = {}
+        self.batches: dict = {}  # plate -> global batch, as seen in the model
         self.comm_device = torch.device("cpu")
         self.refused: Exception | None = None  # a plate whose batch the ranks cannot share
         self._perms: dict = {}
@@ -156,6 +157,7 @@ class DataParallel:
         return int(box[0])
 
     def _indices(self, name: str, size: int, batch: int, step: int) -> torch.Tensor:
+        self.batches[name] = batch
         if batch % self.world:
             self.refused = ValueError(
                 f"plate '{name}' has subsample_size={batch}, which is not divisible by the "

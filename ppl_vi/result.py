@@ -150,7 +150,7 @@ class VIResult:
     def from_state(cls, state, engine, wall_time: float = float("nan")) -> VIResult:
         """The result of a :class:`~ppl_vi.engine.Engine` run at ``state`` (parameters copied,
         with the final phase's averages where it averaged)."""
-        return cls(
+        result = cls(
             model=engine.model,
             guide=engine.guide,
             model_args=engine.args,
@@ -171,6 +171,14 @@ class VIResult:
             seed=engine.seed,
             dtype=engine.dtype,
         )
+        parallel = getattr(engine, "parallel", None)
+        if parallel is not None:  # a data-parallel fit: how many processes made it
+            result.method_info["data_parallel"] = {
+                "world_size": parallel.world,
+                "backend": parallel.backend,
+                "global_batch": {name: size for name, size in sorted(parallel.batches.items())},
+            }
+        return result
 
     def __repr__(self) -> str:
         name = self.guide_spec.get("name") or self.guide_spec.get("class")

@@ -300,6 +300,8 @@ def test_fit_nproc_launches_a_data_parallel_fit_with_torchrun(tmp_path, capsys):
     assert "--nproc-per-node=2" in err and "--nproc " not in err.split("launching")[1]
     run = json.loads((out / "run.json").read_text())
     assert run["num_steps"] == 60
+    assert run["method_info"]["data_parallel"] == {
+        "world_size": 2, "backend": "gloo", "global_batch": {"data": 64}}  # fmt: skip
     assert len(pd.read_csv(out / "losses.csv")) == 60
 
 
