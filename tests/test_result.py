@@ -137,6 +137,12 @@ def test_exact_guide_gives_exact_evidence_for_every_particle(float64):
     se = lw.std() / math.sqrt(lw.numel())
     assert abs(lw.mean() - (log_z - 0.5)) < 4 * se
     assert 4 * se < 0.1, "the check would see a KL off by 0.1 nats"
+    # away from the exact posterior the mean, the max and the log-mean-exp of the log weights
+    # differ; the estimate is the log-mean-exp of these same draws, and p(x) = E_q[w] is
+    # estimated without bias: Var_q[w / Z] = e^(shift^2) - 1 = e - 1 for a one-sd shift
+    lml = result.log_marginal_likelihood(num_particles=4000, seed=1)
+    assert lml == pytest.approx(float(torch.logsumexp(lw, 0) - math.log(lw.numel())), abs=1e-12)
+    assert abs(lml - log_z) < 4 * math.sqrt((math.e - 1) / 4000)
 
 
 def test_importance_means_correct_a_shifted_guide(float64):
