@@ -245,3 +245,25 @@ def test_figure_names_its_method_shows_scalars_and_says_what_it_leaves_out(tmp_p
     assert sum("mean-field + ELBO" in t for t in titles) == 3  # forest, loss, k-hat
     assert any(t.startswith("tau:") for t in titles)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_compare_scales_by_the_reference_sd_where_the_sds_differ(float64):
+    """Mean errors and W1 are in reference sds: checked on the same draws where the reference
+    is twice as wide as the fit (with equal sds, dividing by the fit's sd would pass too)."""
+    data = nn_model.load_data()
+    fit = ppl_vi.fit(nn_model.model, **data, progress=False, seed=0)
+    post = nn_model.exact_posterior(**data)["mu"]
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.randn(4000, generator=gen, dtype=post.loc.dtype)
+    ref = (post.loc + post.scale + 2 * post.scale * noise).numpy()  # one sd off, twice as wide
+    row = ppl_vi.compare(fit, {"mu": ref}, num_samples=4000, seed=0, warn=False).table.loc["mu"]
+    v = fit._draws(4000, 0)[0]["mu"].numpy()
+    r_mean, r_sd = ref.mean(), ref.std(ddof=1)
+    assert row.mean_error == pytest.approx((v.mean() - r_mean) / r_sd, rel=1e-10)
+    assert row.sd_ratio == pytest.approx(v.std(ddof=1) / r_sd, rel=1e-10)
+    assert row.w1 == pytest.approx(wasserstein_distance(v / r_sd, ref / r_sd), rel=1e-8)
+    # and as properties: the fit is within 0.09 posterior sd of the exact posterior (the test
+    # above), so the error is -1/2 reference sd, within that plus 4 Monte Carlo SEs
+    se = math.sqrt(1 + 4) / 2 / math.sqrt(4000)
+    assert abs(row.mean_error + 0.5) < 0.09 / 2 + 4 * se
+    assert abs(row.sd_ratio - 0.5) < 0.05
