@@ -246,3 +246,49 @@ def test_subsampled_jit_fit_on_cuda_stays_on_the_device():
     # the data are moved once; a copy per step would show up as about num_steps copies
     assert len(copies) < kw["num_steps"] // 2
     _assert_same_fit(eager, compiled)
+
+
+class _AlteredGraph:
+    """A recorded graph whose output is changed by ``alter`` (a deliberately wrong compiled
+    step), keeping what JitELBO reads from the real one."""
+
+    def __init__(self, graph, alter):
+        self.graph, self.alter = graph, alter
+
+    def __call__(self, *args, **kwargs):
+        return self.alter(*self.graph(*args, **kwargs))
+
+    @property
+    def _param_names(self):
+        return self.graph._param_names
+
+
+@pytest.mark.parametrize(
+    "alter, rejected",
+    [
+        (lambda loss, surrogate: (loss, surrogate), None),  # the seam itself changes nothing
+        (lambda loss, surrogate: (loss + 0.01 * loss.abs(), surrogate), "loss"),
+        (lambda loss, surrogate: (loss, 1.01 * surrogate), "gradient"),
+    ],
+    ids=["unchanged", "loss 1% off", "gradients 1% off"],
+)
+def test_the_compiled_step_check_rejects_a_wrong_graph(monkeypatch, alter, rejected):
+    real = pyro.ops.jit.trace
+    monkeypatch.setattr(
+        pyro.ops.jit, "trace", lambda fn, **kw: _AlteredGraph(real(fn, **kw), alter)
+    )
+    pyro.clear_param_store()
+    data = normal_normal.load_data()
+    elbo = JitELBO(Trace_ELBO())
+    svi = SVI(normal_normal.model, MeanField(normal_normal.model), pyro.optim.Adam({"lr": 0.01}),
+              elbo)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            svi.step(**data)
+    fell_back = [w for w in caught if "runs uncompiled" in str(w.message)]
+    if rejected is None:
+        assert elbo.compiled and not fell_back
+    else:
+        assert not elbo.compiled and len(fell_back) == 1
+        assert f"compiled step's {rejected}" in elbo.fallback
