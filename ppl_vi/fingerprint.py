@@ -44,7 +44,9 @@ def _feed(h, obj, seen: set, depth: int) -> None:
         t = obj.detach()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
-            t = t.cpu().contiguous().reshape(-1)
+            # a fresh dense copy: an expanded tensor (a prior's ``.expand([1])`` loc) can have
+            # stride 0 even where torch calls it contiguous, and view() needs stride 1
+            t = torch.empty(t.numel(), dtype=t.dtype).copy_(t.cpu().reshape(-1))
             t = t.to(torch.uint8) if t.dtype == torch.bool else t.view(torch.uint8)
             h.update(t.numpy().tobytes())
     elif isinstance(obj, np.ndarray):

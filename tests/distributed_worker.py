@@ -183,6 +183,36 @@ def scenario_locals(folder):
             "params": {k: v.detach().clone() for k, v in state.params.items()}}  # fmt: skip
 
 
+def scenario_pyro_style(folder):
+    """A model as Pyro's regression tutorial writes it: a PyroModule with PyroSample priors
+    (``.expand`` locs), numpy data, alpha[group] in a plate, the data plate subsampled."""
+    import numpy as np
+    from pyro.nn import PyroModule, PyroSample
+
+    rng = np.random.default_rng(0)
+    x, group = rng.normal(size=(N, D)), rng.integers(0, 4, N)
+    y = x @ np.array([1.0, -1.0, 0.5]) + rng.normal(size=N) * 0.3
+
+    class Regression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](D, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, D]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 5.0).expand([1]).to_event(1))
+
+        def forward(self, x, group, y=None):
+            sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+            with pyro.plate("groups", 4):
+                alpha = pyro.sample("alpha", dist.Normal(0.0, 1.0))
+            mean = self.linear(x).squeeze(-1) + alpha[group]
+            with pyro.plate("data", x.shape[0], subsample_size=BATCH) as idx:
+                pyro.sample("obs", dist.Normal(mean[..., idx], sigma), obs=y[idx])
+
+    result = ppl_vi.fit(Regression(), x, group, y, num_steps=20, progress=False,
+                        distributed=True)  # fmt: skip
+    return {"params": _params(result), "losses": list(result.losses)}
+
+
 #: Every other guide family and ELBO of the library in a data-parallel fit.
 COMBINATIONS = [(g, "elbo") for g in ("full_rank", "low_rank", "iaf", "hvm")] + [
     ("mean_field", e) for e in ("iwae", "renyi", "rb_score", "stein")
@@ -210,6 +240,7 @@ SCENARIOS = {
     "vae": scenario_vae,
     "families": scenario_families,
     "locals": scenario_locals,
+    "pyro_style": scenario_pyro_style,
 }
 
 

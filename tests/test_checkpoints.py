@@ -315,3 +315,35 @@ def test_a_real_sigint_keeps_resume_bitwise(tmp_path, monkeypatch, where):
     assert partial.num_steps == (91 if where == "update" else 90)
     resumed = fit(path, model=model)
     assert_same_fit(resumed, fit(tmp_path / "whole.ckpt", model=model))
+
+
+def test_checkpoint_of_a_pyromodule_with_expanded_priors(tmp_path):
+    """Pyro's regression tutorial shape: PyroSample priors built with ``.expand([1])`` hold
+    stride-0 tensors, which the fingerprint must hash; numpy data, alpha[group] in a plate."""
+    from pyro.nn import PyroModule, PyroSample
+
+    rng = np.random.default_rng(0)
+    x, group = rng.normal(size=(60, 3)), rng.integers(0, 4, 60)
+    y = x @ np.array([1.0, -1.0, 0.5]) + rng.normal(size=60) * 0.3
+
+    class Regression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](3, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 5.0).expand([1]).to_event(1))
+
+        def forward(self, x, group, y=None):
+            with pyro.plate("groups", 4):
+                alpha = pyro.sample("alpha", dist.Normal(0.0, 1.0))
+            mean = self.linear(x).squeeze(-1) + alpha[group]
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(mean, 0.3), obs=y)
+
+    path = tmp_path / "fit.ckpt"
+    kw = dict(num_steps=30, progress=False, polish=None, convergence=None, checkpoint=path)
+    first = ppl_vi.fit(Regression(), x, group, y, **kw)
+    again = ppl_vi.fit(Regression(), x, group, y, **kw)  # finished: returned, not retrained
+    assert again.num_steps == first.num_steps == 30
+    for name, value in first.params.items():
+        assert torch.equal(value, again.params[name]), name

@@ -130,6 +130,13 @@ def test_per_datum_parameters_move_only_in_the_global_batch(ranks):
         assert torch.equal(value, r1["params"][name]), name
 
 
+def test_a_pyromodule_with_priors_and_numpy_data_trains_on_two_ranks(ranks):
+    r0, r1 = ranks["pyro_style"]
+    assert len(r0["losses"]) == 20 and r0["losses"] == r1["losses"]
+    for name, value in r0["params"].items():
+        assert torch.equal(value, r1["params"][name]), name
+
+
 def test_nan_on_one_rank_stops_both_at_that_step(ranks):
     for out in ranks["nan"]:
         assert out["type"] == "NonFiniteLossError"
