@@ -43,6 +43,8 @@ import torch.multiprocessing as mp
 
 RESULTS = Path(__file__).parent / "results"
 N_ROWS, N_FEATURES, N_HELDOUT = 1_000_000, 10, 10_000
+# Targets: values the 1-process fits reach after 250-500 steps in calibration runs (the held-out
+# metrics level off near -0.455 and -18.5), so every run reaches them.
 _LOGREG = {"kind": "logreg", "lr": 0.01, "eval_every": 25, "max_steps": 2000, "target": -0.457,
            "label": "logistic regression, 1e6 x 10"}  # fmt: skip
 _VAE = {"kind": "vae", "lr": 0.005, "eval_every": 50, "max_steps": 2500, "target": -19.0,

@@ -46,7 +46,6 @@ class LowRank(AutoLowRankMultivariateNormal):
     def __init__(self, model, *, rank: int | None = None, init_loc_fn="feasible", init_scale=0.1):
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be an integer >= 1 or None (got rank={rank!r})")
-        self._rank_arg = rank
         super().__init__(
             model,
             init_loc_fn=init_config(self, init_loc_fn, init_scale),

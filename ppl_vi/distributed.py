@@ -49,7 +49,7 @@ from ppl_vi.infer_util import plate_indices
 __all__ = ["DataParallel", "batch_indices", "rank_seed"]
 
 #: Status slots at the end of the gradient buffer.
-LOSS, FAILED, NONFINITE, INTERRUPTED = range(4)
+LOSS, FAILED, INTERRUPTED = range(3)
 #: Buffers up to this many elements are summed by an all_gather and a local sum: on gloo a
 #: small all_reduce costs about three all_gathers (1.3-1.7 ms against 0.55 ms for 30 values
 #: between two processes on one machine, benchmarks/distributed.py); larger ones use all_reduce.
@@ -218,7 +218,8 @@ class DataParallel:
 
     def reduce(self, params: list, loss: float, status: tuple) -> tuple:
         """All-reduce this rank's gradients of ``params`` (same order on every rank; a missing
-        gradient counts as absent), its loss and its ``(failed, nonfinite, interrupted)`` flags.
+        gradient counts as absent), its loss and its ``(failed, interrupted)`` flags (a
+        non-finite loss or gradient counts as failed).
 
         Returns ``(mean loss, flag sums, grads)``, where ``grads[i]`` is the mean gradient of
         ``params[i]`` over the ranks that had one (None where none had).
@@ -240,9 +241,9 @@ class DataParallel:
         )
         buffer = self.sum(torch.cat([*parts, tail]))
         tail = buffer[buffer.numel() - tail.numel() :].tolist()
-        flags = tuple(int(round(x)) for x in tail[1:4])
+        flags = tuple(int(round(x)) for x in tail[FAILED : INTERRUPTED + 1])
         grads, offset = [], 0
-        for p, count in zip(params, tail[4:], strict=True):
+        for p, count in zip(params, tail[INTERRUPTED + 1 :], strict=True):
             n = p.numel()
             if count:
                 grads.append((buffer[offset : offset + n] / self.world).to(p.dtype).view_as(p))

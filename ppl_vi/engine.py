@@ -574,12 +574,12 @@ class Engine:
         """This rank's shard of the step, then one all_reduce that averages every parameter's
         gradient and shares each rank's loss and status: every rank takes the step, or every
         rank drops it and raises (a failure anywhere) or stops (Ctrl-C anywhere)."""
-        par, local = self.parallel, []
+        par = self.parallel
+        local = [state.params[n] for n in self._param_names]
         error, loss, interrupted = None, math.nan, False
         try:
             with par.shards(state.step):
                 loss = torch_item(elbo.loss_and_grads(self.model, self.guide, *args, **kwargs))
-            local = [state.params[n] for n in self._param_names]
             if len(state.params) != len(local):
                 raise FitError(_NEW_PARAMS.format(sorted(set(state.params) - set(local))))
             _check_finite(loss, local)
@@ -588,9 +588,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - shared with the other ranks below
             error = e
         interrupted = interrupted or self._guard.pending is not None
-        local = [state.params[n] for n in self._param_names]
-        status = (error is not None, 0, interrupted)
-        mean, (failed, _, stop), grads = par.reduce(local, loss, status)
+        mean, (failed, stop), grads = par.reduce(local, loss, (error is not None, interrupted))
         if failed:
             mine = None
             if error is not None:

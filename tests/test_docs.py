@@ -11,6 +11,8 @@ MODULES = [
     "ppl_vi.infer_util",
     "ppl_vi.guides.mean_field",
     "ppl_vi.guides.full_rank",
+    "ppl_vi.guides.low_rank",
+    "ppl_vi.guides.gaussian_mixture",
     "ppl_vi.guides.iaf",
     "ppl_vi.guides.hvm",
     "ppl_vi.guides.amortized",
