@@ -89,11 +89,15 @@ def model(
     alpha = pyro.sample("alpha", dist.Normal(X.new_zeros(()), scale))
     beta = pyro.sample("beta", dist.Normal(X.new_zeros(d), scale).to_event(1))
     with pyro.plate("data", n, subsample_size=subsample_size, dim=-1) as idx:
-        X_batch = X.index_select(-2, idx.to(X.device))
-        y_batch = None if y is None else y.index_select(-1, idx.to(y.device))
-        # (X * beta).sum(-1) rather than X @ beta so that a batched beta of shape
-        # (..., 1, D) (vectorized particles, parallel Predictive) broadcasts to (..., B).
-        logits = alpha + (X_batch * beta).sum(-1)
+        if subsample_size is None:  # all rows, in order: no copy of the data
+            X_batch, y_batch = X, y
+        else:
+            X_batch = X.index_select(-2, idx.to(X.device))
+            y_batch = None if y is None else y.index_select(-1, idx.to(y.device))
+        # one matrix product; a batched beta of shape (..., 1, D) (vectorized particles,
+        # parallel Predictive) gives (..., 1, B), whose row dim is dropped
+        eta = beta @ X_batch.mT
+        logits = alpha + (eta.squeeze(-2) if eta.dim() > 1 else eta)
         pyro.sample("y", dist.Bernoulli(logits=logits), obs=y_batch)
     return logits
 

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ppl_vi.infer_util import plate_indices
+from ppl_vi.minibatch import _permutation, _slice, batch_indices
 
 __all__ = ["DataParallel", "batch_indices", "rank_seed"]
 
@@ -66,41 +66,6 @@ def rank_seed(seed: int | None, rank: int) -> int | None:
     if seed is None or rank == 0:
         return seed
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
-
-
-def _epoch_seed(seed: int, plate: str, epoch: int) -> int:
-    words = [int(seed) & 0xFFFFFFFF, zlib.crc32(plate.encode()), int(epoch)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _permutation(seed: int, plate: str, epoch: int, size: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(_epoch_seed(seed, plate, epoch))
-    return torch.randperm(size, generator=gen)
-
-
-def batch_indices(
-    seed: int, plate: str, step: int, size: int, batch: int, rank: int = 0, world: int = 1
-) -> torch.Tensor:
-    """The indices of plate ``plate`` (``size`` points, global batch ``batch``) that rank
-    ``rank`` of ``world`` uses at step ``step`` (0-based) of a data-parallel fit.
-
-    Step ``s`` of epoch ``e = s // (size // batch)`` takes the ``(s mod (size // batch))``-th
-    block of ``batch`` entries of epoch ``e``'s permutation; rank ``r`` takes the ``r``-th of
-    ``world`` equal slices of that block.
-    """
-    if batch % world:
-        raise ValueError(f"the batch {batch} is not divisible by {world} processes")
-    epoch, start, stop = _slice(step, size, batch, rank, world)
-    return _permutation(seed, plate, epoch, size)[start:stop].clone()
-
-
-def _slice(step: int, size: int, batch: int, rank: int, world: int) -> tuple[int, int, int]:
-    """``(epoch, start, stop)``: where rank ``rank``'s indices of step ``step`` lie in the
-    epoch's permutation."""
-    epoch, k = divmod(int(step), size // batch)
-    share = batch // world
-    start = k * batch + rank * share
-    return epoch, start, start + share
 
 
 class DataParallel:

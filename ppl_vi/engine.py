@@ -37,6 +37,7 @@ from pyro.optim.optim import PyroOptim
 from ppl_vi import checkpoint as ckpt
 from ppl_vi import data, io
 from ppl_vi import optim as optim_lib
+from ppl_vi.compiled import CompiledStep, NonFinite
 from ppl_vi.distributed import DataParallel, rank_seed
 from ppl_vi.errors import DataError, FitError, NonFiniteLossError
 from ppl_vi.infer_util import (
@@ -48,6 +49,8 @@ from ppl_vi.infer_util import (
     trace_model,
     user_line,
 )
+from ppl_vi.jit import JitELBO
+from ppl_vi.minibatch import EpochBatches
 from ppl_vi.policies import Polish, param_names, warn_final_phase_failed
 from ppl_vi.probe import BatchingReport, probe_batching
 from ppl_vi.resolve import elbo_settings, resolve_elbo, resolve_guide
@@ -269,6 +272,8 @@ class Engine:
         self._active = None
         self._applied_factor = None
         self._guard = InterruptGuard()
+        self.batches: EpochBatches | None = None
+        self._compiled: dict = {}  # ELBO -> CompiledStep
 
     # ------------------------------------------------------------------ set-up
     def init(self, *args, **kwargs) -> TrainState:
@@ -310,6 +315,8 @@ class Engine:
                     policy.setup(self)
                 if self.parallel is not None:
                     self._setup_parallel(args, kwargs)
+                elif self.info.subsample_plates:
+                    self.batches = EpochBatches(_batch_seed(seed), self.info.subsample_plates)
         return TrainState(param_state, self.optim, rng, num_steps=0)
 
     def _setup_parallel(self, args, kwargs) -> None:
@@ -532,6 +539,8 @@ class Engine:
     def _step(self, state: TrainState, args, kwargs, factor: float) -> float:
         elbo = self.elbos.get(state.phase, self.elbo)
         rng = _torch_rng(self.device)
+        if self._compiled_update(state, elbo, rng, args, kwargs, factor):
+            return state.losses[-1]
         if self.parallel is not None:
             loss, params = self._parallel_gradients(state, elbo, rng, args, kwargs)
         else:
@@ -552,11 +561,67 @@ class Engine:
         self.last_params = params
         return loss
 
+    def compiled_step(self, elbo) -> CompiledStep | None:
+        """The compiled training step of ``elbo`` (``jit=True``), or None."""
+        if not self.jit or self.parallel is not None or not isinstance(elbo, JitELBO):
+            return None
+        step = self._compiled.get(elbo)
+        if step is None:
+            step = self._compiled[elbo] = CompiledStep(self.model, self.guide, elbo, self.batches)
+        return step
+
+    def _compiled_update(self, state, elbo, rng, args, kwargs, factor) -> bool:
+        """Take the step as one compiled graph; False (nothing changed) when it runs eagerly."""
+        compiled = self.compiled_step(elbo)
+        if compiled is None or compiled.reason is not None or not self.last_params:
+            return False
+        if factor != self._applied_factor:
+            optim_lib.set_lr_factor(state.optim, factor)
+            self._applied_factor = factor
+        self._guard.hold()  # a Ctrl-C from here on waits until the update is complete
+        try:
+            try:
+                loss = compiled(state.optim, self.last_params, state.step, args, kwargs)
+            except NonFinite as e:
+                self._rewind(rng)
+                err = _StepFailed(e.loss, e.bad_params)
+                raise self._failure(err, state, elbo, rng, args, kwargs) from None
+            if loss is None:
+                return False
+            state.step += 1
+            state.losses.append(loss)
+            state.last_lr_factor = factor
+        finally:
+            self._guard.release()
+        return True
+
+    def jit_report(self) -> dict:
+        """How each phase's steps ran with ``jit=True``: ``"compiled step"`` (the whole step
+        as one graph), ``"compiled ELBO"`` (the loss recorded with Pyro's JIT, the update
+        eager) or ``"eager"``, with the reason where the faster path was not taken."""
+        out = {}
+        for phase, elbo in self.elbos.items():
+            step = self._compiled.get(elbo)
+            fallback = getattr(elbo, "fallback", None)
+            if step is not None and step.reason is None and step.compiled:
+                out[phase] = {"path": "compiled step", "compile_s": round(step.compile_seconds, 3)}
+            elif fallback is None:
+                out[phase] = {"path": "compiled ELBO", "reason": getattr(step, "reason", None)}
+            else:
+                out[phase] = {"path": "eager", "reason": fallback}
+        return out
+
+    def _batch_context(self, step: int):
+        """Mini-batches of the subsampled plates from per-epoch permutations."""
+        if self.batches is None:
+            return contextlib.nullcontext()
+        return self.batches.context(step)
+
     def _gradients(self, state, elbo, rng, args, kwargs) -> tuple[float, list]:
         """The step's loss and the parameters it set gradients on; on failure the random
         stream is rewound, gradients are dropped and the error is raised."""
         try:
-            with poutine.trace(param_only=True) as capture:
+            with poutine.trace(param_only=True) as capture, self._batch_context(state.step):
                 loss = elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
             params = list(
                 dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
@@ -640,7 +705,8 @@ class Engine:
             )
             error.state = state
             return error
-        site = self._diagnose(elbo, rng, args, kwargs)
+        with self._batch_context(state.step):
+            site = self._diagnose(elbo, rng, args, kwargs)
         if isinstance(err, _StepFailed):
             what = "a gradient became non-finite"
             if not math.isfinite(err.loss):
@@ -883,6 +949,12 @@ def _set_torch_rng(rng) -> None:
 def _vectorized(elbo) -> bool:
     inner = getattr(elbo, "elbo", elbo)
     return bool(getattr(inner, "vectorize_particles", False))
+
+
+def _batch_seed(seed: int | None) -> int:
+    """The seed of the mini-batch permutations: the fit's seed, or one drawn from the
+    caller's generator when the fit has none."""
+    return int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
 
 
 def _first_line(err: BaseException) -> str:

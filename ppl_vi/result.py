@@ -171,6 +171,8 @@ class VIResult:
             seed=engine.seed,
             dtype=engine.dtype,
         )
+        if getattr(engine, "jit", False):
+            result.method_info["jit"] = engine.jit_report()
         parallel = getattr(engine, "parallel", None)
         if parallel is not None:  # a data-parallel fit: how many processes made it
             result.method_info["data_parallel"] = {

@@ -1,0 +1,103 @@
+"""Mini-batch indices from per-epoch permutations: O(N) work once per epoch, O(B) per step.
+
+Pyro's ``pyro.plate(name, N, subsample_size=B)`` draws ``torch.randperm(N)[:B]`` at every step,
+so a step's cost grows with N even when the model only touches B points. A fit instead takes
+step ``s``'s batch from the permutation of epoch ``s // (N // B)`` (seeded by the fit's seed, the
+plate's name and the epoch): every point is used once per epoch, the last ``N mod B`` points of
+an epoch wait for the next permutation (``drop_last``), and the indices depend only on the seed
+and the step, so a resumed fit, a compiled step and every rank of a data-parallel fit see the
+same batches.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from ppl_vi.infer_util import plate_indices
+
+__all__ = ["EpochBatches", "batch_indices"]
+
+
+def _epoch_seed(seed: int, plate: str, epoch: int) -> int:
+    words = [int(seed) & 0xFFFFFFFF, zlib.crc32(plate.encode()), int(epoch)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _permutation(seed: int, plate: str, epoch: int, size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, plate, epoch))
+    return torch.randperm(size, generator=gen)
+
+
+def _slice(step: int, size: int, batch: int, rank: int, world: int) -> tuple[int, int, int]:
+    """``(epoch, start, stop)``: where rank ``rank``'s indices of step ``step`` lie in the
+    epoch's permutation."""
+    epoch, k = divmod(int(step), size // batch)
+    share = batch // world
+    start = k * batch + rank * share
+    return epoch, start, start + share
+
+
+def batch_indices(
+    seed: int, plate: str, step: int, size: int, batch: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
+    """The indices of plate ``plate`` (``size`` points, global batch ``batch``) that rank
+    ``rank`` of ``world`` uses at step ``step`` (0-based).
+
+    Step ``s`` of epoch ``e = s // (size // batch)`` takes the ``(s mod (size // batch))``-th
+    block of ``batch`` entries of epoch ``e``'s permutation; rank ``r`` takes the ``r``-th of
+    ``world`` equal slices of that block.
+    """
+    if batch % world:
+        raise ValueError(f"the batch {batch} is not divisible by {world} processes")
+    epoch, start, stop = _slice(step, size, batch, rank, world)
+    return _permutation(seed, plate, epoch, size)[start:stop].clone()
+
+
+class EpochBatches:
+    """Per-step indices of a model's subsampled plates, from cached per-epoch permutations.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the permutations.
+    plates : collection of str
+        The plates to take over (those found subsampling when the model was traced); other
+        plates, and plates given explicit ``subsample`` indices, are left to Pyro.
+    """
+
+    def __init__(self, seed: int, plates):
+        self.seed = int(seed)
+        self.plates = frozenset(plates)
+        self._perms: dict = {}  # plate -> (epoch, permutation on the data's device)
+
+    def indices(self, name: str, size: int, batch: int, step: int, device=None) -> torch.Tensor:
+        """Step ``step``'s ``batch`` indices of plate ``name`` (a view of the epoch's
+        permutation, on ``device``)."""
+        epoch, start, stop = _slice(step, size, batch, 0, 1)
+        cached = self._perms.get(name)
+        if cached is None or cached[0] != epoch or cached[1].shape[0] != size:
+            perm = _permutation(self.seed, name, epoch, size)
+            cached = self._perms[name] = (epoch, perm.to(device) if device is not None else perm)
+        return cached[1][start:stop]
+
+    def wants(self, name, size, subsample_size, subsample) -> bool:
+        return (
+            name in self.plates
+            and subsample is None
+            and size is not None
+            and subsample_size is not None
+            and subsample_size < size
+        )
+
+    def context(self, step: int):
+        """Within the block, the plates use step ``step``'s batches."""
+
+        def choose(name, size, subsample_size, subsample, device):
+            if self.wants(name, size, subsample_size, subsample):
+                subsample = self.indices(name, size, subsample_size, step, device)
+            return subsample_size, subsample
+
+        return plate_indices(choose)
