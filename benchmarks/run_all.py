@@ -4,6 +4,9 @@ Sections (each a script of its own, runnable alone):
 
 - ``overhead``: per-step time of ``fit`` vs a hand-written ``pyro.infer.SVI`` loop, with and
   without ``jit``, and vs NumPyro's SVI when NumPyro is installed;
+- ``step_speed``: per-step time of the compiled step vs a hand-written PyTorch loop and NumPyro
+  (eight schools; logistic regression with N up to 1e6, D up to 100, full batch and batch
+  1024), and how mini-batch steps scale with N; with a GPU also ``--device cuda``;
 - ``time_to_accuracy``: seconds until every posterior mean is within 0.1 reference sd, ppl-vi vs
   Pyro NUTS and NumPyro NUTS (eight_schools, logistic_regression and the posteriordb set);
 - ``particles``: IWAE / Renyi with K in {1, 4, 16, 64}, vectorized vs a sequential loop;
@@ -36,11 +39,21 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 START, END = "<!-- speed:start -->", "<!-- speed:end -->"
-SECTIONS = ("overhead", "time_to_accuracy", "particles", "memory", "device", "distributed")
+SECTIONS = (
+    "overhead",
+    "step_speed",
+    "time_to_accuracy",
+    "particles",
+    "memory",
+    "device",
+    "distributed",
+)
 
 
 def _arguments(name: str, args) -> list:
     argv = [] if name == "memory" else ["--threads", str(args.threads)]
+    if name == "step_speed" and args.quick:
+        argv += ["--quick"]
     if name == "time_to_accuracy" and args.reference_dir:
         argv += ["--reference-dir", args.reference_dir]
     return argv
@@ -80,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reference-dir", default=None, help="posteriordb reference folder")
+    parser.add_argument("--quick", action="store_true", help="step_speed on 3 of its 8 sizes")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -91,6 +105,12 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             print(f"== {name}", flush=True)
             importlib.import_module(name).main(_arguments(name, args))
+            if name == "step_speed":
+                import torch
+
+                if torch.cuda.is_available():  # the GPU column
+                    gpu = _arguments(name, args) + ["--device", "cuda"]
+                    importlib.import_module(name).main(gpu)
             print(f"== {name} done in {time.perf_counter() - start:.0f} s", flush=True)
     section = render(SECTIONS)
     RESULTS.mkdir(exist_ok=True)

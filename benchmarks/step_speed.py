@@ -73,7 +73,7 @@ def workloads(quick: bool, device) -> list:
     out = [("eight_schools", eight_schools.model, eight_schools.load_data(), None)]
     for n, d in QUICK if quick else SIZES:
         data = simulated(n, d, device)
-        for batch in (None, BATCH):
+        for batch in (None, BATCH) if n > BATCH else (None,):
             name = f"logreg N={n:.0e} D={d} " + ("full" if batch is None else f"B={batch}")
             out.append((name, logistic_regression.model, data, batch))
     return out
@@ -336,6 +336,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"Mini-batch step time at N = 1e6 over N = 1e4 (batch {BATCH}):", ""]
         for d, by in report["scaling"].items():
             lines.append(f"- {d}: " + ", ".join(f"{k} {_ratio(r)}" for k, r in by.items()))
+    gpu = RESULTS / "step_speed_cuda.json"
+    if report["device"] == "cpu":
+        lines += ["", "GPU: " + ("see below" if gpu.exists() else "not run (no CUDA device)")]
+        if gpu.exists():
+            lines += ["", markdown(json.loads(gpu.read_text())).split("\n", 2)[2]]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,23 @@ can treat the models uniformly:
 
 Each module's docstring gives the model in math and cites its data and posterior formulas.
 
+Writing a fast model
+--------------------
+A step's cost should be the arithmetic the model needs, not copies of the data:
+
+- Use one matrix product for a linear predictor (``beta @ X.mT``), not ``(X * beta).sum(-1)``,
+  which builds an ``N x D`` temporary at every step (6x slower at N = 1e5, D = 100).
+- Gather rows only when the plate subsamples: ``X.index_select(0, idx)`` with the full index
+  copies the whole data set at every step; use ``X`` itself when ``subsample_size`` is None.
+- Pass data as arguments (tensors), never as globals, and keep them on the fit's device:
+  ``fit(jit=True)`` records the step with the data as inputs, so new data of the same shape
+  need no new recording.
+- Keep Python control flow to shapes and settings; ``if z > 0`` on a drawn value runs
+  eagerly (``fit(jit=True)`` says so in ``result.method_info["jit"]``), ``torch.where`` does
+  not.
+- For vectorized particles, let latent values carry extra dims on the left (index the last
+  dim, ``alpha[..., group]``; declare batch dims with ``pyro.plate``).
+
 Modules
 -------
 ``normal_normal``

@@ -214,13 +214,13 @@ def _fit_and_write(args, rank: int) -> int:
             "lr": args.lr,
             "num_particles": args.particles,
             "polish": polish,
-            "jit": args.jit,
+            "jit": True if args.jit else (False if args.no_jit else "auto"),
             "checkpoint": args.checkpoint,
         }
         if args.distributed:
             options["distributed"] = True
         if args.guide in METHOD_NAMES:  # options of SGD fits only when set on the command line
-            defaults = {"elbo": "elbo", "lr": 0.01, "jit": False, "checkpoint": None,
+            defaults = {"elbo": "elbo", "lr": 0.01, "jit": "auto", "checkpoint": None,
                         "num_particles": None, "polish": Polish()}  # fmt: skip
             defaults["num_steps"] = 5000  # the command line's default: the method's own applies
             options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
@@ -440,7 +440,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the fit's random stream")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
-    p.add_argument("--jit", action="store_true", help="compile the loss step (Pyro's JIT)")
+    p.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile the step, else the loss alone (Pyro's JIT), warning when neither "
+        "compiles (default: compile fits of 200+ steps where possible, silently)",
+    )
+    p.add_argument("--no-jit", action="store_true", help="run every step eagerly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--checkpoint",

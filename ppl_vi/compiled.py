@@ -48,9 +48,12 @@ from pyro.infer import Trace_ELBO
 from pyro.optim.optim import PyroOptim
 
 from ppl_vi.infer_util import plate_indices
-from ppl_vi.jit import JitELBO, trace_elbo_terms
+from ppl_vi.jit import JitELBO, trace_elbo_terms, unsupported_reason
 
 __all__ = ["CompiledStep", "unsupported_optim"]
+
+#: Recordings per step before the data are taken to change at every step.
+MAX_GRAPHS = 4
 
 _ADAM_DEFAULTS = {"weight_decay": 0, "amsgrad": False, "maximize": False}
 
@@ -91,8 +94,9 @@ class CompiledStep:
     ----------
     model, guide : callable
         The model and its (built) guide.
-    elbo : ppl_vi.jit.JitELBO
-        The compiled ELBO of the fit (its wrapped ELBO defines the step).
+    elbo : pyro.infer.ELBO
+        The fit's ELBO: :class:`~pyro.infer.Trace_ELBO`, one that defines
+        ``loss_and_surrogate``, or a :class:`~ppl_vi.jit.JitELBO` wrapping one.
     batches : ppl_vi.minibatch.EpochBatches or None
         Mini-batch indices of the subsampled plates.
 
@@ -102,7 +106,7 @@ class CompiledStep:
         Why the step runs eagerly (None while compiled or not yet recorded).
     """
 
-    def __init__(self, model, guide, elbo: JitELBO, batches=None):
+    def __init__(self, model, guide, elbo, batches=None):
         self.model, self.guide, self.elbo = model, guide, elbo
         self.batches = batches
         self.reason: str | None = None
@@ -110,6 +114,7 @@ class CompiledStep:
         self._graphs: dict = {}  # data key -> recorded graph
         self._bound = None  # (params, optimizer state views) the flat buffers serve
         self._plates = None  # [(name, size, batch)] of the subsampled plates
+        self._last_data = None  # (arguments, tensors, key) of the last step
 
     @property
     def compiled(self) -> bool:
@@ -123,19 +128,23 @@ class CompiledStep:
         :class:`NonFinite` when the loss or a gradient is not finite (nothing changed)."""
         if self.reason is not None:
             return None
-        if self.elbo.fallback is not None:
-            self.reason = f"the ELBO runs uncompiled ({self.elbo.fallback})"
+        if self.reason is None and _unsupported(self.elbo) is not None:
+            self.reason = _unsupported(self.elbo)
             return None
-        tensors, static = _split(args, kwargs)
+        tensors, key = self._data_key(args, kwargs)
         if tensors is None:
             self.reason = "positional model arguments must be tensors (pass others by keyword)"
             return None
         buffers = self._bind(optim, params)
         if buffers is None:
             return None
-        shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
-        key = (len(args), tuple(kwargs), _static_key(static), shapes)
         graph = self._graphs.get(key)
+        if graph is None and len(self._graphs) >= MAX_GRAPHS:
+            self.reason = (
+                f"the model's non-tensor arguments or data shapes changed {MAX_GRAPHS} times; "
+                "each change needs a new recording"
+            )
+            return None
         if self._plates is None:
             self._plates = find_plates(self, args, kwargs)
         indices = self._indices(step, tensors)
@@ -149,6 +158,22 @@ class CompiledStep:
         if not bool(ok):
             raise NonFinite(float(loss), buffers.nonfinite(flat_grad))
         return float(loss)
+
+    def _data_key(self, args, kwargs):
+        """The graph's data inputs and the key of their graph (shapes, dtypes, devices and
+        the non-tensor arguments); reused while the same argument objects come back."""
+        objects = (args, kwargs, *args, *kwargs.values())
+        last = self._last_data
+        if last is not None and len(last[0]) == len(objects):
+            if all(a is b for a, b in zip(last[0], objects, strict=True)):
+                return last[1:]
+        tensors, static = _split(args, kwargs)
+        if tensors is None:
+            return None, None
+        shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+        key = (len(args), tuple(kwargs), _static_key(static), shapes)
+        self._last_data = (objects, tensors, key)
+        return tensors, key
 
     def _indices(self, step: int, tensors: list) -> list:
         if self.batches is None:
@@ -176,7 +201,7 @@ class CompiledStep:
 
     # ------------------------------------------------------------------ recording
     def _terms(self, args, kwargs):
-        inner = self.elbo.elbo
+        inner = self.elbo.elbo if isinstance(self.elbo, JitELBO) else self.elbo
         if type(inner) is Trace_ELBO:
             return trace_elbo_terms(inner, self.model, self.guide, args, kwargs)
         return inner.loss_and_surrogate(self.model, self.guide, *args, **kwargs)
@@ -485,7 +510,34 @@ def simplify(gm) -> None:
     graph.eliminate_dead_code()
     _common_subexpressions(graph, _mutated(graph))
     graph.eliminate_dead_code()
+    _scalar_overloads(graph)
     gm.recompile()
+
+
+_SCALAR_OVERLOADS = {
+    torch.ops.aten.add.Tensor: torch.ops.aten.add.Scalar,
+    torch.ops.aten.sub.Tensor: torch.ops.aten.sub.Scalar,
+    torch.ops.aten.mul.Tensor: torch.ops.aten.mul.Scalar,
+    torch.ops.aten.div.Tensor: torch.ops.aten.div.Scalar,
+    torch.ops.aten.eq.Tensor: torch.ops.aten.eq.Scalar,
+    torch.ops.aten.ne.Tensor: torch.ops.aten.ne.Scalar,
+    torch.ops.aten.lt.Tensor: torch.ops.aten.lt.Scalar,
+    torch.ops.aten.gt.Tensor: torch.ops.aten.gt.Scalar,
+    torch.ops.aten.le.Tensor: torch.ops.aten.le.Scalar,
+    torch.ops.aten.ge.Tensor: torch.ops.aten.ge.Scalar,
+}
+
+
+def _scalar_overloads(graph) -> None:
+    """``x * 2`` recorded as ``mul.Tensor`` with a Python number makes TorchScript wrap the
+    number in a tensor and convert it (two more operations) at every call; the ``.Scalar``
+    overload takes the number as it is, with the same result."""
+    for node in graph.nodes:
+        scalar = _SCALAR_OVERLOADS.get(node.target) if node.op == "call_function" else None
+        if scalar is None or len(node.args) != 2:
+            continue
+        if isinstance(node.args[1], (int, float)) and not isinstance(node.args[1], bool):
+            node.target = scalar
 
 
 def _pure(node) -> bool:
@@ -676,6 +728,15 @@ def _split(args, kwargs):
 
 def _static_key(static: dict):
     return pyro.ops.jit._hashable_args_kwargs((), static)
+
+
+def _unsupported(elbo) -> str | None:
+    """Why ``elbo``'s step cannot be compiled (None when it can)."""
+    if isinstance(elbo, JitELBO):
+        if elbo.fallback is not None:
+            return f"the ELBO runs uncompiled ({elbo.fallback})"
+        return None
+    return unsupported_reason(elbo)
 
 
 def _flat_grads(params, found) -> torch.Tensor:

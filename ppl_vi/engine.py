@@ -51,7 +51,7 @@ from ppl_vi.infer_util import (
 )
 from ppl_vi.jit import JitELBO
 from ppl_vi.minibatch import EpochBatches
-from ppl_vi.policies import Polish, param_names, warn_final_phase_failed
+from ppl_vi.policies import Callbacks, Polish, param_names, warn_final_phase_failed
 from ppl_vi.probe import BatchingReport, probe_batching
 from ppl_vi.resolve import elbo_settings, resolve_elbo, resolve_guide
 from ppl_vi.runtime import (
@@ -66,6 +66,9 @@ from ppl_vi.runtime import (
 __all__ = ["Engine", "TrainState"]
 
 PHASES = ("main", "polish", "done")
+#: ``jit="auto"`` records a compiled step when at least this many steps remain (recording
+#: costs 0.2-1 s, about 100-300 eager steps of a small model).
+AUTO_STEPS = 200
 #: What a model that does not broadcast over particles runs one at a time.
 _UNBATCHED = "ELBO particles and draws from the result"
 
@@ -240,7 +243,7 @@ class Engine:
         num_particles: int | None = None,
         guide_kwargs: dict | None = None,
         elbo_kwargs: dict | None = None,
-        jit: bool = False,
+        jit: bool | str = False,
         device="auto",
         seed: int | None = 0,
         dtype: torch.dtype | None = None,
@@ -257,7 +260,9 @@ class Engine:
         self.policies = list(policies)
         self.polish = next((p for p in self.policies if isinstance(p, Polish)), None)
         self.num_particles = num_particles
-        self.guide_kwargs, self.elbo_kwargs, self.jit = guide_kwargs, elbo_kwargs, bool(jit)
+        if not (jit is True or jit is False or jit == "auto"):
+            raise ValueError(f"jit must be True, False or 'auto' (got {jit!r})")
+        self.guide_kwargs, self.elbo_kwargs, self.jit = guide_kwargs, elbo_kwargs, jit
         self.device = data.resolve_device(device)
         self.seed = seed
         self.dtype = dtype
@@ -287,7 +292,7 @@ class Engine:
             self.parallel = DataParallel()
             self.device = self.parallel.device(self.device)
             self.parallel.check_device(self.device)
-            if self.jit:
+            if self.jit is True:
                 raise ValueError(
                     "jit=True is not available with distributed=True (a compiled step cannot "
                     "take each rank's shard of the mini-batch); leave jit off"
@@ -487,7 +492,7 @@ class Engine:
             "optim": optim_lib.optim_settings(self.optim),
             "seed": self.seed,
             "device": self.device.type,
-            "jit": self.jit,
+            "jit": self.jit is True,  # "auto" steps are the eager ones, bit for bit
         }
         if self.parallel is not None:
             out["world_size"] = self.parallel.world
@@ -563,7 +568,9 @@ class Engine:
 
     def compiled_step(self, elbo) -> CompiledStep | None:
         """The compiled training step of ``elbo`` (``jit=True``), or None."""
-        if not self.jit or self.parallel is not None or not isinstance(elbo, JitELBO):
+        if self.jit is False or self.parallel is not None:
+            return None
+        if self.jit is True and not isinstance(elbo, JitELBO):
             return None
         step = self._compiled.get(elbo)
         if step is None:
@@ -574,6 +581,8 @@ class Engine:
         """Take the step as one compiled graph; False (nothing changed) when it runs eagerly."""
         compiled = self.compiled_step(elbo)
         if compiled is None or compiled.reason is not None or not self.last_params:
+            return False
+        if self.jit == "auto" and not compiled.compiled and not self._auto_records(state):
             return False
         if factor != self._applied_factor:
             optim_lib.set_lr_factor(state.optim, factor)
@@ -595,20 +604,39 @@ class Engine:
             self._guard.release()
         return True
 
+    def _auto_records(self, state) -> bool:
+        """Whether ``jit="auto"`` records a step now: with enough steps to go to repay the
+        recording, and no callbacks (which may change what the model reads between steps)."""
+        return state.end - state.step >= AUTO_STEPS and not self._has_callbacks()
+
+    def _has_callbacks(self) -> bool:
+        return any(isinstance(p, Callbacks) and p.callbacks for p in self.policies)
+
+    def _auto_reason(self) -> str:
+        if self._has_callbacks():
+            return (
+                "callbacks may change what the model reads between steps, which a recorded "
+                "step would not see (jit=True compiles anyway)"
+            )
+        return f"fewer than {AUTO_STEPS} steps to go: not worth recording"
+
     def jit_report(self) -> dict:
-        """How each phase's steps ran with ``jit=True``: ``"compiled step"`` (the whole step
-        as one graph), ``"compiled ELBO"`` (the loss recorded with Pyro's JIT, the update
-        eager) or ``"eager"``, with the reason where the faster path was not taken."""
+        """How each phase's steps ran: ``"compiled step"`` (the whole step as one graph),
+        ``"compiled ELBO"`` (``jit=True``'s fallback: the loss recorded with Pyro's JIT, the
+        update eager) or ``"eager"``, with the reason where the faster path was not taken."""
         out = {}
         for phase, elbo in self.elbos.items():
             step = self._compiled.get(elbo)
-            fallback = getattr(elbo, "fallback", None)
             if step is not None and step.reason is None and step.compiled:
                 out[phase] = {"path": "compiled step", "compile_s": round(step.compile_seconds, 3)}
-            elif fallback is None:
-                out[phase] = {"path": "compiled ELBO", "reason": getattr(step, "reason", None)}
+                continue
+            reason = getattr(step, "reason", None)
+            if reason is None and self.jit == "auto":
+                reason = self._auto_reason()
+            if isinstance(elbo, JitELBO) and elbo.fallback is None:
+                out[phase] = {"path": "compiled ELBO", "reason": reason}
             else:
-                out[phase] = {"path": "eager", "reason": fallback}
+                out[phase] = {"path": "eager", "reason": getattr(elbo, "fallback", None) or reason}
         return out
 
     def _batch_context(self, step: int):

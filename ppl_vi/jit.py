@@ -44,20 +44,21 @@ def trace_elbo_terms(elbo: Trace_ELBO, model, guide, args, kwargs):
 
     The same estimator as ``Trace_ELBO.loss_and_grads`` (and Pyro's own ``JitTrace_ELBO``): the
     gradient of ``surrogate`` is the reparameterized gradient plus the score-function term of
-    non-reparameterized guide sites.
+    non-reparameterized guide sites. The loss is accumulated as ``loss_and_grads`` does it,
+    site by site in double precision, so that it equals Pyro's loss bit for bit.
     """
     loss, surrogate = 0.0, 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
         elbo_particle, surrogate_particle, log_r = 0.0, 0.0, None
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
-                elbo_particle = elbo_particle + site["log_prob_sum"]
+                elbo_particle = elbo_particle + _double(site["log_prob_sum"])
                 surrogate_particle = surrogate_particle + site["log_prob_sum"]
         for site in guide_trace.nodes.values():
             if site["type"] != "sample":
                 continue
             _, score_function_term, entropy_term = site["score_parts"]
-            elbo_particle = elbo_particle - site["log_prob_sum"]
+            elbo_particle = elbo_particle - _double(site["log_prob_sum"])
             if not is_identically_zero(entropy_term):
                 surrogate_particle = surrogate_particle - entropy_term.sum()
             if not is_identically_zero(score_function_term):
@@ -65,9 +66,14 @@ def trace_elbo_terms(elbo: Trace_ELBO, model, guide, args, kwargs):
                     log_r = _compute_log_r(model_trace, guide_trace)
                 weight = log_r.sum_to(site["cond_indep_stack"])
                 surrogate_particle = surrogate_particle + (weight * score_function_term).sum()
-        loss = loss - elbo_particle / elbo.num_particles
+        loss = loss + (-elbo_particle) / elbo.num_particles
         surrogate = surrogate - surrogate_particle / elbo.num_particles
     return loss, surrogate
+
+
+def _double(value):
+    """A site's log density as Pyro's ``torch_item`` sees it: float64 (Python floats)."""
+    return value.detach().double() if isinstance(value, torch.Tensor) else float(value)
 
 
 def unsupported_reason(elbo) -> str | None:

@@ -17,7 +17,7 @@ DEFAULTS = {
     "elbo": "elbo", "num_steps": None, "lr": None, "optim": None, "num_particles": None,
     "convergence": Convergence(), "polish": Polish(), "checkpoint": None,
     "checkpoint_every": 500, "resume": "auto", "callbacks": (), "clip_norm": None,
-    "lr_schedule": None, "elbo_kwargs": None, "jit": False,
+    "lr_schedule": None, "elbo_kwargs": None, "jit": "auto",
 }  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def resolve_elbo(
     num_particles: int | None,
     max_plate_nesting: int,
     elbo_kwargs: dict | None,
-    jit: bool = False,
+    jit: bool | str = False,
     undeclared: list | None = None,
     vectorize: bool | None = None,
 ):
@@ -73,15 +73,15 @@ def resolve_elbo(
     or is None for an ELBO instance (whose arguments are not known). Particles are vectorized
     over a plate left of the model's plates unless ``undeclared`` names model sites with batch
     dims that no plate declares or ``vectorize=False`` (the batching probe found that the model
-    does not broadcast); then they run one at a time. With ``jit``, both are wrapped in
+    does not broadcast); then they run one at a time. With ``jit=True``, both are wrapped in
     :class:`~ppl_vi.jit.JitELBO` (which warns and runs uncompiled when the ELBO cannot be
     compiled).
     """
     obj, spec, factory = _resolve_elbo(
         elbo, num_particles, max_plate_nesting, elbo_kwargs, undeclared, vectorize
     )
-    spec["jit"] = bool(jit)
-    if not jit:
+    spec["jit"] = jit is True
+    if jit is not True:  # "auto": the engine compiles whole steps, or runs them eagerly
         return obj, spec, factory
     compiled = obj if isinstance(obj, (JitELBO, JitTrace_ELBO)) else JitELBO(obj)
     if factory is not None:

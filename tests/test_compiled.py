@@ -48,7 +48,7 @@ def test_compiled_step_gives_the_eager_parameters_bit_for_bit(guide, elbo):
     data = eight_schools.load_data()
     kw = dict(KW, num_steps=120, seed=4, guide=guide, elbo=elbo)
     kw["polish"] = Polish(num_particles=4, fraction=0.2)
-    eager = ppl_vi.fit(eight_schools.model, **data, **kw)
+    eager = ppl_vi.fit(eight_schools.model, **data, jit=False, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback of any kind
         fast = ppl_vi.fit(eight_schools.model, **data, jit=True, **kw)
@@ -125,7 +125,7 @@ def test_a_wrong_simplification_is_caught_by_the_check(monkeypatch):
     monkeypatch.setitem(compiled._IDENTITY_SCALARS, torch.ops.aten.mul.Tensor, 2)
     data = eight_schools.load_data()
     kw = dict(KW, num_steps=40, seed=1, polish=None)
-    eager = ppl_vi.fit(eight_schools.model, **data, **kw)
+    eager = ppl_vi.fit(eight_schools.model, **data, jit=False, **kw)
     fast = ppl_vi.fit(eight_schools.model, **data, jit=True, **kw)
     report = fast.method_info["jit"]["main"]
     assert report["path"] == "compiled ELBO" and "differs from the eager step" in report["reason"]
@@ -157,7 +157,7 @@ def test_value_dependent_model_runs_eagerly_and_says_why():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         fast = ppl_vi.fit(model, y, jit=True, num_steps=30, polish=None, **KW)
-    eager = ppl_vi.fit(model, y, num_steps=30, polish=None, **KW)
+    eager = ppl_vi.fit(model, y, jit=False, num_steps=30, polish=None, **KW)
     assert _path(fast) != "compiled step"
     _exactly_equal(eager, fast)
 
@@ -187,7 +187,7 @@ def test_pyromodule_regression_with_numpy_data_compiles_and_matches():
     kw = dict(KW, num_steps=60, seed=2, polish=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # particles one at a time
-        eager = ppl_vi.fit(Regression(), x, group, y, **kw)
+        eager = ppl_vi.fit(Regression(), x, group, y, jit=False, **kw)
         fast = ppl_vi.fit(Regression(), x, group, y, jit=True, **kw)
     assert _path(fast) == "compiled step"
     _exactly_equal(eager, fast)
@@ -202,7 +202,7 @@ def test_resumed_compiled_fit_equals_an_uninterrupted_one(tmp_path):
     ppl_vi.fit(logistic_regression.model, **data, num_steps=60, checkpoint=path,
                callbacks=stop_at_25, **kw)  # fmt: skip
     resumed = ppl_vi.fit(logistic_regression.model, **data, num_steps=60, checkpoint=path, **kw)
-    whole = ppl_vi.fit(logistic_regression.model, **data, num_steps=60, **kw)
+    whole = ppl_vi.fit(logistic_regression.model, **data, num_steps=60, **dict(kw, jit=False))
     assert _path(resumed) == "compiled step" and resumed.num_steps == 60
     _exactly_equal(whole, resumed)
 
@@ -210,12 +210,51 @@ def test_resumed_compiled_fit_equals_an_uninterrupted_one(tmp_path):
 def test_lr_schedule_reaches_the_compiled_step():
     data = eight_schools.load_data()
     kw = dict(KW, num_steps=60, seed=0, polish=None, lr_schedule=lambda s: 0.5 ** (s // 20))
-    eager = ppl_vi.fit(eight_schools.model, **data, **kw)
+    eager = ppl_vi.fit(eight_schools.model, **data, jit=False, **kw)
     fast = ppl_vi.fit(eight_schools.model, **data, jit=True, **kw)
     assert _path(fast) == "compiled step"
     _exactly_equal(eager, fast)
     flat = ppl_vi.fit(eight_schools.model, **data, jit=True, **dict(kw, lr_schedule=None))
     assert not torch.equal(flat.params["MeanField.locs.mu"], fast.params["MeanField.locs.mu"])
+
+
+def test_default_fit_compiles_long_fits_silently_and_matches_eager():
+    """jit="auto" (the default): a fit with 200+ steps to go runs compiled with the eager
+    parameters bit for bit; a short one, and a model that cannot be recorded, run eagerly
+    without a warning, and method_info says why."""
+    data = eight_schools.load_data()
+    kw = dict(KW, num_steps=300, seed=7, polish=Polish(num_particles=4, fraction=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = ppl_vi.fit(eight_schools.model, **data, **kw)
+        short = ppl_vi.fit(eight_schools.model, **data, **dict(kw, num_steps=150))
+    eager = ppl_vi.fit(eight_schools.model, **data, jit=False, **kw)
+    assert _path(auto) == "compiled step"
+    assert (
+        _path(auto, "polish") == "eager"
+        and "steps to go" in auto.method_info["jit"]["polish"]["reason"]
+    )
+    _exactly_equal(eager, auto)
+    assert _path(short) == "eager" and "steps to go" in short.method_info["jit"]["main"]["reason"]
+    assert "jit" not in eager.method_info
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        if mu.item() > 5:  # a drawn value as a Python number
+            mu = mu * 2
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="the model does not broadcast")
+        odd = ppl_vi.fit(model, torch.randn(10), num_steps=250, polish=None, **KW)
+    assert _path(odd) == "eager" and "Python number" in odd.method_info["jit"]["main"]["reason"]
+
+
+def test_jit_argument_is_checked():
+    with pytest.raises(ValueError, match="jit must be True, False or 'auto'"):
+        ppl_vi.fit(eight_schools.model, **eight_schools.load_data(), jit="yes", num_steps=5)
 
 
 # ---------------------------------------------------------------------- mini-batches

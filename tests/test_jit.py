@@ -38,7 +38,7 @@ def _assert_same_fit(a, b):
 def test_jit_fit_equals_uncompiled_fit_with_the_same_seed(module):
     data = module.load_data()
     kw = dict(num_steps=300, progress=False, seed=3, polish=Polish(num_particles=4))
-    eager = ppl_vi.fit(module.model, **data, **kw)
+    eager = ppl_vi.fit(module.model, **data, jit=False, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback
         compiled = ppl_vi.fit(module.model, **data, jit=True, **kw)
@@ -148,7 +148,7 @@ def test_value_dependent_model_is_detected_and_runs_uncompiled():
 def test_jit_with_subsampling_matches_uncompiled():
     data = logistic_regression.load_data()
     kw = dict(num_steps=120, progress=False, seed=1, subsample_size=64, polish=None)
-    eager = ppl_vi.fit(logistic_regression.model, **data, **kw)
+    eager = ppl_vi.fit(logistic_regression.model, **data, jit=False, **kw)
     compiled = ppl_vi.fit(logistic_regression.model, **data, jit=True, **kw)
     _assert_same_fit(eager, compiled)
 
@@ -237,7 +237,7 @@ def test_subsampled_jit_fit_on_cuda_stays_on_the_device():
     there (no host-to-device copies per step), and the result matches an uncompiled CUDA fit."""
     data = logistic_regression.load_data()
     kw = dict(num_steps=60, progress=False, seed=1, subsample_size=64, polish=None)
-    eager = ppl_vi.fit(logistic_regression.model, **data, device="cuda", **kw)
+    eager = ppl_vi.fit(logistic_regression.model, **data, device="cuda", jit=False, **kw)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         compiled = ppl_vi.fit(logistic_regression.model, **data, device="cuda", jit=True, **kw)
     assert compiled.device.type == "cuda"
