@@ -132,9 +132,6 @@ class CompiledStep:
             self.reason = _unsupported(self.elbo)
             return None
         tensors, key = self._data_key(args, kwargs)
-        if tensors is None:
-            self.reason = "positional model arguments must be tensors (pass others by keyword)"
-            return None
         buffers = self._bind(optim, params)
         if buffers is None:
             return None
@@ -168,10 +165,9 @@ class CompiledStep:
             if all(a is b for a, b in zip(last[0], objects, strict=True)):
                 return last[1:]
         tensors, static = _split(args, kwargs)
-        if tensors is None:
-            return None, None
+        positional = tuple(None if isinstance(a, torch.Tensor) else a for a in args)
         shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
-        key = (len(args), tuple(kwargs), _static_key(static), shapes)
+        key = (_static_key(positional, static), tuple(kwargs), shapes)
         self._last_data = (objects, tensors, key)
         return tensors, key
 
@@ -318,7 +314,8 @@ def _step_function(step: CompiledStep, buffers, args, kwargs, num_indices):
     input.
     """
     num = len(buffers.params)
-    arg_count = len(args)
+    # positional arguments: a tensor is a graph input, anything else is fixed (part of the key)
+    arg_count = sum(isinstance(a, torch.Tensor) for a in args)
     tensor_names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
     static = {k: v for k, v in kwargs.items() if k not in tensor_names}
     hyper = buffers.hyper
@@ -328,7 +325,8 @@ def _step_function(step: CompiledStep, buffers, args, kwargs, num_indices):
         exp_avg, exp_avg_sq, steps, lr = inputs[num : num + 4]
         data = inputs[num + 4 : len(inputs) - num_indices]
         indices = inputs[len(inputs) - num_indices :]
-        call_args = data[:arg_count]
+        given = iter(data[:arg_count])
+        call_args = [next(given) if isinstance(a, torch.Tensor) else a for a in args]
         call_kwargs = dict(static, **dict(zip(tensor_names, data[arg_count:], strict=True)))
         with torch.enable_grad(), step._batch_context(list(indices)):
             loss, surrogate = (torch.as_tensor(t) for t in step._terms(call_args, call_kwargs))
@@ -716,18 +714,25 @@ def _fold_constants(gm, mutated: set) -> None:
 
 # ---------------------------------------------------------------------- helpers
 def _split(args, kwargs):
-    """The tensors the graph takes as inputs (positional arguments, then tensor keyword
-    arguments by name) and the static keyword arguments; None if a positional argument is
-    not a tensor."""
-    if any(not isinstance(a, torch.Tensor) for a in args):
-        return None, None
+    """The tensors the graph takes as inputs (tensor positional arguments, then tensor keyword
+    arguments by name) and the static keyword arguments."""
     names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
     static = {k: v for k, v in kwargs.items() if k not in names}
-    return list(args) + [kwargs[k] for k in names], static
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return tensors + [kwargs[k] for k in names], static
 
 
-def _static_key(static: dict):
-    return pyro.ops.jit._hashable_args_kwargs((), static)
+def _static_key(positional: tuple, static: dict):
+    """A key of the non-tensor arguments (by value where they hash, else by identity)."""
+    return tuple(_key_part(v) for v in positional), pyro.ops.jit._hashable_args_kwargs((), static)
+
+
+def _key_part(value):
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return (type(value).__name__, value)
 
 
 def _unsupported(elbo) -> str | None:
@@ -757,8 +762,9 @@ def _why(e: BaseException) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     if "data-dependent" in first or "_local_scalar_dense" in first or "value out of a" in first:
         return (
-            "the step reads a drawn value as a Python number (control flow on a tensor, "
-            "`.item()` or `float()`), which a recorded graph would freeze"
+            "the step reads a tensor as a Python number (a Python `if` on a drawn value, "
+            "`.item()`, `float()`, or a `pyro.plate` iterated as a sequential loop), which a "
+            "recorded graph would freeze"
         )
     return f"the step could not be recorded ({type(e).__name__}: {first})"
 

@@ -200,6 +200,9 @@ class JitELBO(ELBO):
         if self.fallback is not None:
             return self._eager_terms(model, guide, args, kwargs)
         if any(not isinstance(a, torch.Tensor) for a in args):
+            if not self._warm:  # step 1 runs eagerly anyway (and fit's compiled step may
+                self._warm.add(None)  # take over from step 2)
+                return self._eager_terms(model, guide, args, kwargs)
             self.fallback = "positional model arguments must be tensors (pass others by keyword)"
             self._warn()
             return self._eager_terms(model, guide, args, kwargs)

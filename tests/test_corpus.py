@@ -94,3 +94,37 @@ def test_fit_accepts_the_guide_and_elbo_of_pyros_original(case):
     assert set(draws) >= set(result.info.latent) - set(result.info.discrete)
     khat = result.psis_khat(num_samples=DRAWS, seed=1)
     assert isinstance(khat, float) and khat != -math.inf
+
+
+#: Corpus models whose step must compile (``fit(jit=True)``): every continuous model there
+#: except those that read tensors as Python numbers (coal_mining_python_if's `if`,
+#: coin_sequential_plate's sequential plate).
+MUST_COMPILE = {
+    "baseball_fully_pooled", "baseball_partially_pooled", "bayesian_regression_module",
+    "bayesian_regression_functional", "linear_regression_to_event", "radon_varying_intercept",
+    "osic_hierarchical_pandas", "bnn_pyromodule", "logistic_regression_subsample",
+    "missing_covariate_obs_mask", "horseshoe_regression", "mvn_unknown_covariance",
+    "sparse_regression", "poisson_glm_varying_intercept", "eight_schools_centered",
+    "conditioned_scale", "weighted_regression_scale", "occupancy_marginalized",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [c for c in _cases() if c.id in MUST_COMPILE])
+def test_compiled_step_on_the_corpus_equals_the_eager_fit_bit_for_bit(case):
+    """The whole-step graph on models as users write them (numpy and pandas data, non-tensor
+    positional arguments, PyroModules, masks, pyro.factor, subsampling): the same losses and
+    parameters as the eager fit, bit for bit."""
+    args, kwargs = case.data()
+    runs = {}
+    for jit in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs[jit] = ppl_vi.fit(
+                case.model, *args, model_kwargs=kwargs, num_steps=25, jit=jit,
+                polish=None, progress=False, seed=0,
+            )  # fmt: skip
+    eager, fast = runs[False], runs[True]
+    assert fast.method_info["jit"]["main"]["path"] == "compiled step", fast.method_info["jit"]
+    np.testing.assert_array_equal(fast.losses, eager.losses)
+    for name, value in eager.params.items():
+        assert torch.equal(value, fast.params[name]), name
