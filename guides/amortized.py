@@ -394,7 +394,9 @@ class Amortized(AutoGuide):
         # replayed guide (e.g. DReG's) gets the indices of the trace it replays.
         plate = pyro.plate(self._plate, full_size, subsample=idx0, dim=self._plate_dim)
         idx = plate.indices
-        if not torch.equal(idx, idx0):
+        # other indices only when the plate was replayed (a new tensor): compared by identity,
+        # not by value, so that a recorded step has no branch on tensor values
+        if idx is not idx0:
             _, x, _ = self._observed_batch(args, kwargs, idx)
         loc, raw = self._encode(x)
         if self.refine_steps:  # runs the model, so outside the plate

@@ -113,9 +113,10 @@ def model(
     n, d = X.shape[-2], X.shape[-1]
     beta = pyro.sample("beta", dist.Normal(X.new_zeros(d), X.new_tensor(prior_scale)).to_event(1))
     with pyro.plate("data", n, dim=-1):
-        # (X * beta).sum(-1) rather than X @ beta so that a batched beta of shape
-        # (..., 1, D) (vectorized particles, parallel Predictive) broadcasts to (..., N).
-        mean = (X * beta).sum(-1)
+        # one matrix product; a batched beta of shape (..., 1, D) (vectorized particles,
+        # parallel Predictive) gives (..., 1, N), whose row dim is dropped
+        eta = beta @ X.mT
+        mean = eta.squeeze(-2) if eta.dim() > 1 else eta
         pyro.sample("y", dist.Normal(mean, X.new_tensor(noise_scale)), obs=y)
     return beta
 

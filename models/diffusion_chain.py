@@ -231,7 +231,8 @@ def model(
         ref, d, t_max, schedule, beta_min, beta_max, hidden_size
     )
     with pyro.plate("data", n, subsample_size=subsample_size, dim=-1) as idx:
-        x_batch = None if x is None else x.index_select(0, idx)
+        # all rows in order need no copy; a mini-batch gathers its rows
+        x_batch = x if x is None or subsample_size is None else x.index_select(0, idx)
         z = pyro.sample(
             f"z_{t_max}", dist.Normal(ref.new_zeros(len(idx), d), 1.0).to_event(1)
         )

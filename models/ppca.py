@@ -150,9 +150,8 @@ def model(
     k = W.shape[-1]
     with pyro.plate("data", n, subsample_size=subsample_size, dim=-1) as idx:
         z = pyro.sample("z", dist.Normal(ref.new_zeros(k), ref.new_ones(k)).to_event(1))
-        # (..., B, 1, k) * (d, k) summed over k -> (..., B, d); broadcasts batched z
-        loc = mu + (z.unsqueeze(-2) * W).sum(-1)
-        x_batch = None if x is None else x.index_select(-2, idx.to(x.device))
+        loc = mu + z @ W.mT  # (..., B, k) @ (k, d) -> (..., B, d); broadcasts batched z
+        x_batch = _rows(x, idx, subsample_size)
         pyro.sample("x", dist.Normal(loc, sigma).to_event(1), obs=x_batch)
     return z
 
@@ -227,3 +226,10 @@ def log_evidence(
     d = W.shape[-2]
     cov = W @ W.T + sigma**2 * torch.eye(d, dtype=x.dtype, device=x.device)
     return dist.MultivariateNormal(mu, covariance_matrix=cov).log_prob(x).sum(-1)
+
+
+def _rows(x, idx, subsample_size):
+    """The observed rows of the plate's indices: all of ``x`` (no copy) without subsampling."""
+    if x is None or subsample_size is None:
+        return x
+    return x.index_select(-2, idx.to(x.device))

@@ -210,7 +210,8 @@ def model(
         # h2 @ W1^T broadcasts over leading batch dims (vectorized particles).
         h1 = pyro.sample("h1", dist.Bernoulli(logits=h2 @ p["sbn.W1"].T + p["sbn.b1"]).to_event(1))
         logits = h1 @ p["sbn.W0"].T + p["sbn.b0"]
-        x_batch = None if x is None else x.index_select(-2, idx.to(x.device))
+        # all rows in order need no copy; a mini-batch gathers its rows
+        x_batch = x if x is None or subsample_size is None else x.index_select(-2, idx.to(x.device))
         pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x_batch)
     return logits
 

@@ -188,7 +188,8 @@ def model(
         prior = dist.Normal(ref.new_zeros(latent_dim), ref.new_ones(latent_dim)).to_event(1)
         z = pyro.sample("z", prior)  # (..., B, L)
         logits = decoder(z)  # (..., B, 64)
-        x_batch = None if x is None else x.index_select(-2, idx.to(x.device))
+        # all rows in order need no copy; a mini-batch gathers its rows
+        x_batch = x if x is None or subsample_size is None else x.index_select(-2, idx.to(x.device))
         pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x_batch)
     return logits
 

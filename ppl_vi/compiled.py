@@ -33,6 +33,19 @@ fits and the eager path read and continue them unchanged. A step whose loss or g
 finite changes nothing (the update is masked inside the graph) and is reported as in eager mode.
 Mini-batch indices of subsampled plates are graph inputs, taken from per-epoch permutations
 (:mod:`ppl_vi.minibatch`).
+
+Examples
+--------
+>>> import torch
+>>> import ppl_vi
+>>> from ppl_vi.models import eight_schools
+>>> data = eight_schools.load_data()
+>>> fast = ppl_vi.fit(eight_schools.model, **data, num_steps=300, progress=False)
+>>> fast.method_info["jit"]["main"]["path"]
+'compiled step'
+>>> eager = ppl_vi.fit(eight_schools.model, **data, num_steps=300, progress=False, jit=False)
+>>> all(torch.equal(fast.params[k], eager.params[k]) for k in eager.params)
+True
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ plate's name and the epoch): every point is used once per epoch, the last ``N mo
 an epoch wait for the next permutation (``drop_last``), and the indices depend only on the seed
 and the step, so a resumed fit, a compiled step and every rank of a data-parallel fit see the
 same batches.
+
+Examples
+--------
+>>> import torch
+>>> from ppl_vi.minibatch import batch_indices
+>>> epoch = [batch_indices(seed=0, plate="data", step=s, size=10, batch=5) for s in (0, 1)]
+>>> sorted(torch.cat(epoch).tolist())  # every point once per epoch
+[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+>>> torch.equal(epoch[0], batch_indices(seed=0, plate="data", step=2, size=10, batch=5))
+False
 """
 
 from __future__ import annotations

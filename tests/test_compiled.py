@@ -8,7 +8,6 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.nn import PyroModule, PyroSample
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import ppl_vi
@@ -162,35 +161,18 @@ def test_value_dependent_model_runs_eagerly_and_says_why():
     _exactly_equal(eager, fast)
 
 
-def test_pyromodule_regression_with_numpy_data_compiles_and_matches():
-    """Pyro's Bayesian regression tutorial's shape: PyroModule[nn.Linear] with PyroSample
-    priors, alpha[group] inside a plate, numpy data."""
-    rng = np.random.default_rng(0)
-    x, group = rng.normal(size=(80, 3)), rng.integers(0, 4, 80)
-    y = x @ np.array([1.0, -1.0, 0.5]) + rng.normal(size=80) * 0.3
+def test_amortized_vae_with_mini_batches_compiles_and_matches():
+    """An encoder network (plain nn.Parameters of a PyroModule), a decoder network in the
+    model, mini-batches from the plate: bit for bit the eager fit."""
+    from ppl_vi.models import vae_digits
 
-    class Regression(PyroModule):
-        def __init__(self):
-            super().__init__()
-            self.linear = PyroModule[torch.nn.Linear](3, 1)
-            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
-            self.linear.bias = PyroSample(dist.Normal(0.0, 5.0).expand([1]).to_event(1))
-
-        def forward(self, x, group, y=None):
-            with pyro.plate("groups", 4):
-                alpha = pyro.sample("alpha", dist.Normal(0.0, 1.0))
-            sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
-            mean = self.linear(x).squeeze(-1) + alpha[..., group]
-            with pyro.plate("data", x.shape[0]):
-                pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
-
-    kw = dict(KW, num_steps=60, seed=2, polish=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # particles one at a time
-        eager = ppl_vi.fit(Regression(), x, group, y, jit=False, **kw)
-        fast = ppl_vi.fit(Regression(), x, group, y, jit=True, **kw)
+    data = dict(vae_digits.load_data(n=300), subsample_size=50)
+    kw = dict(KW, num_steps=30, seed=3, polish=None, guide="amortized")
+    eager = ppl_vi.fit(vae_digits.model, **data, jit=False, **kw)
+    fast = ppl_vi.fit(vae_digits.model, **data, jit=True, **kw)
     assert _path(fast) == "compiled step"
     _exactly_equal(eager, fast)
+    np.testing.assert_array_equal(fast.losses, eager.losses)
 
 
 def test_resumed_compiled_fit_equals_an_uninterrupted_one(tmp_path):

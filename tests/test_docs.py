@@ -8,6 +8,8 @@ import pytest
 MODULES = [
     "ppl_vi",
     "ppl_vi.jit",
+    "ppl_vi.compiled",
+    "ppl_vi.minibatch",
     "ppl_vi.infer_util",
     "ppl_vi.guides.mean_field",
     "ppl_vi.guides.full_rank",
