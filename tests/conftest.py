@@ -26,3 +26,14 @@ def float64():
     """Run a test in double precision (exact identities need it)."""
     torch.set_default_dtype(torch.float64)
     yield
+
+
+@pytest.fixture
+def sigint_handled():
+    """Python's own SIGINT handler for the test. A process started in the background by a
+    non-interactive shell (``make test &``) ignores SIGINT, and so would a test that sends it."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -280,7 +280,7 @@ def test_nan_failure_with_a_checkpoint_keeps_the_last_good_state(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["update", "model"])
-def test_a_real_sigint_keeps_resume_bitwise(tmp_path, monkeypatch, where):
+def test_a_real_sigint_keeps_resume_bitwise(tmp_path, monkeypatch, where, sigint_handled):
     """SIGINT while the update is applied waits for it; SIGINT in the model rewinds the step."""
     import signal
 

@@ -261,7 +261,14 @@ def test_ctrl_c_exits_130_and_keeps_the_fit(tmp_path):
         "--out",
         str(out),
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # the child takes Ctrl-C even when this run ignores SIGINT (started in the background)
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = ""
     deadline = time.time() + 120
     while "loss" not in seen and time.time() < deadline and proc.poll() is None:
