@@ -41,3 +41,8 @@ def ratio_stats(numerators: list, denominators: list) -> dict:
     """Median, min and max of the per-repeat ratios of two interleaved timing series."""
     ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def format_ratio(r: dict) -> str:
+    """``median (min-max)`` of a :func:`ratio_stats` result."""
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"

@@ -44,6 +44,7 @@ from ppl_vi.models import eight_schools, logistic_regression
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _numpyro  # noqa: E402
+from _timing import format_ratio as _ratio  # noqa: E402
 from _timing import per_step, ratio_stats, svi_step_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -141,10 +142,6 @@ def main(argv=None):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _ratio(r: dict) -> str:
-    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
 def markdown(report: dict) -> str:

@@ -49,6 +49,7 @@ from ppl_vi.models import eight_schools, logistic_regression
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _numpyro  # noqa: E402  (configures JAX before it is imported)
+from _timing import format_ratio as _ratio  # noqa: E402
 from _timing import ratio_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -301,10 +302,6 @@ def scaling(rows: dict) -> dict:
                 k: ratio_stats(large["times"][k], small["times"][k]) for k in large["times"]
             }
     return out
-
-
-def _ratio(r: dict) -> str:
-    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
 def markdown(report: dict) -> str:
