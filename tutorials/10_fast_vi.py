@@ -5,9 +5,10 @@
 #
 # 1. **Per-step overhead.** Each step of `pyro.infer.SVI` runs the model and the guide as
 #    Python code: every `pyro.sample` passes through Pyro's messenger stack. For a small model
-#    that Python work, not arithmetic, is the cost. Recording one step as a graph with
-#    `torch.jit.trace` (Pyro's `pyro.ops.jit`) and replaying it removes most of it:
-#    `ppl_vi.fit(..., jit=True)`.
+#    that Python work, not arithmetic, is the cost. Recording the whole step once (the
+#    guide's draw, the model's log density, the gradient and the optimizer's update) as one
+#    graph and replaying it removes most of it: `fit` does so by default for fits of 200 or
+#    more steps (`jit="auto"`; `jit=True` always, `jit=False` never).
 # 2. **Particles.** More particles per step (IWAE, Rényi bounds, or just a less noisy ELBO)
 #    cost little when they are evaluated as one batch over an extra plate instead of a loop;
 #    `fit` finds the model's plates and does that by default.
@@ -54,10 +55,14 @@ def max_error(means):
 # %% [markdown]
 # ## 1. Compiled steps
 #
-# The same fit twice, with and without `jit=True`. The first step runs eagerly; the second is
-# recorded and checked against an eager evaluation with the same random numbers (loss and
-# every gradient); from then on the recorded graph runs. Recording draws no random numbers, so
-# both fits see the same particles and end at the same parameters up to float rounding.
+# The same fit twice, eager (`jit=False`) and compiled (`jit=True`). The first step runs
+# eagerly; at the second, `torch.fx` records the step by running Pyro's own code once (the
+# parameter store's tensors, the data and the mini-batch indices are the graph's inputs,
+# random draws are operations of the graph), and the recording is checked against an eager
+# step with the same random numbers: the loss, every gradient and the Adam update. From then
+# on the recorded graph runs as a TorchScript function. Recording draws no random numbers and
+# the graph repeats the eager arithmetic, so both fits see the same particles and end at
+# exactly the same parameters. `result.method_info["jit"]` says what ran.
 
 # %%
 runs = {}
@@ -71,11 +76,15 @@ difference = max(
     float((runs[False].params[k] - runs[True].params[k]).abs().max()) for k in runs[False].params
 )
 print(f"largest parameter difference between the two fits: {difference:.1e}")
+print(runs[True].method_info["jit"])
 
 # %% [markdown]
 # Models whose structure depends on drawn values (`if z > 0:`, `.item()`) cannot be recorded:
-# the recording would freeze one branch. `fit` notices (a tracer warning from your code, or a
-# failed check) and runs that model uncompiled, with a warning that names the line.
+# the recording would freeze one branch. `fit` notices (the recording reads a tensor as a
+# Python number, or the check fails) and runs that model eagerly; with `jit=True` it says so
+# in a warning that names the line, by default only in `method_info`. A recorded step also no
+# longer runs the model's Python code: a model that keeps Python state between steps (a
+# counter, a global a callback changes) needs `jit=False`.
 
 
 # %%
