@@ -258,6 +258,33 @@ def test_epoch_batches_use_every_point_once_per_epoch():
     )
 
 
+def test_rank_slices_partition_the_global_batch():
+    """Data-parallel ranks take disjoint, equal slices whose union is the global batch."""
+    from ppl_vi.minibatch import batch_indices
+
+    size, batch, world = 50, 12, 3
+    for step in (0, 3, 4):  # inside the first epoch, at its end, in the second
+        whole = batch_indices(7, "data", step, size, batch)
+        parts = [batch_indices(7, "data", step, size, batch, rank=r, world=world) for r in range(3)]
+        assert [len(p) for p in parts] == [batch // world] * world
+        assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ValueError, match="not divisible"):
+        batch_indices(7, "data", 0, size, 10, rank=0, world=3)
+
+
+def test_a_plate_whose_size_changes_gets_a_permutation_of_the_new_size():
+    batches = EpochBatches(seed=1, plates=["data"])
+    small = batches.indices("data", 10, 5, 0)
+    large = batches.indices("data", 1000, 5, 0)  # same epoch, other data
+    assert int(small.max()) < 10 and torch.equal(
+        large, EpochBatches(seed=1, plates=["data"]).indices("data", 1000, 5, 0)
+    )
+    assert int(batches.indices("data", 10, 5, 0).max()) < 10  # and back
+    assert batches.wants("data", 10, 5, None) and not batches.wants("data", 10, 10, None)
+    assert not batches.wants("data", 10, 5, torch.arange(5))  # explicit indices: Pyro's
+    assert not batches.wants("other", 10, 5, None)
+
+
 def test_minibatch_fit_draws_no_permutation_of_n_per_step(monkeypatch):
     """Pyro's plate draws randperm(N) at every step; a fit's plates draw one permutation per
     epoch."""
