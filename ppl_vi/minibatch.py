@@ -76,22 +76,32 @@ class EpochBatches:
     plates : collection of str
         The plates to take over (those found subsampling when the model was traced); other
         plates, and plates given explicit ``subsample`` indices, are left to Pyro.
+    rank, world : int
+        This process's slice of each batch in a data-parallel fit (``0, 1``: the whole batch).
+    device : torch.device, optional
+        Where the indices live (the fit's device), unless the plate names its own.
     """
 
-    def __init__(self, seed: int, plates):
+    def __init__(self, seed: int, plates, rank: int = 0, world: int = 1, device=None):
         self.seed = int(seed)
         self.plates = frozenset(plates)
-        self._perms: dict = {}  # plate -> (epoch, permutation on the data's device)
+        self.rank, self.world, self.device = int(rank), int(world), device
+        self._perms: dict = {}  # plate -> (epoch, size, permutation on its device)
 
     def indices(self, name: str, size: int, batch: int, step: int, device=None) -> torch.Tensor:
-        """Step ``step``'s ``batch`` indices of plate ``name`` (a view of the epoch's
-        permutation, on ``device``)."""
-        epoch, start, stop = _slice(step, size, batch, 0, 1)
+        """This rank's indices of plate ``name`` at step ``step`` (a view of the epoch's
+        permutation, on ``device`` or the batches' device)."""
+        device = torch.device(device) if device is not None else self.device
+        epoch, start, stop = _slice(step, size, batch, self.rank, self.world)
         cached = self._perms.get(name)
-        if cached is None or cached[0] != epoch or cached[1].shape[0] != size:
+        if (
+            cached is None
+            or cached[:2] != (epoch, size)
+            or (device is not None and cached[2].device != device)
+        ):  # O(size) once per epoch, O(batch) per step
             perm = _permutation(self.seed, name, epoch, size)
-            cached = self._perms[name] = (epoch, perm.to(device) if device is not None else perm)
-        return cached[1][start:stop]
+            cached = self._perms[name] = (epoch, size, perm if device is None else perm.to(device))
+        return cached[2][start:stop]
 
     def wants(self, name, size, subsample_size, subsample) -> bool:
         return (
@@ -102,12 +112,16 @@ class EpochBatches:
             and subsample_size < size
         )
 
-    def context(self, step: int):
-        """Within the block, the plates use step ``step``'s batches."""
+    def context(self, step: int, check=None):
+        """Within the block, the plates use step ``step``'s batches; ``check(name, batch)``
+        sees each plate's batch size first (and may refuse it)."""
 
         def choose(name, size, subsample_size, subsample, device):
             if self.wants(name, size, subsample_size, subsample):
+                if check is not None:
+                    check(name, subsample_size)
                 subsample = self.indices(name, size, subsample_size, step, device)
+                subsample_size = len(subsample)
             return subsample_size, subsample
 
         return plate_indices(choose)

@@ -89,7 +89,7 @@ def scenario_engine(folder):
         pass
     final = {k: v.detach().clone() for k, v in state.params.items()}
     return {"init": init, "rng": rng, "final": final, "losses": list(state.losses),
-            "batch_seed": engine.parallel.seed}  # fmt: skip
+            "batch_seed": engine.parallel.epochs.seed}  # fmt: skip
 
 
 def scenario_nan(folder):
@@ -177,8 +177,8 @@ def scenario_locals(folder):
     for _ in engine.run(state, 1):
         pass
     moved = (state.params["MeanField.locs.z"] != before).nonzero().flatten()
-    batch = torch.cat([engine.parallel._indices("data", N, BATCH, 0)] + engine.parallel.gather(
-        engine.parallel._indices("data", N, BATCH, 0))).unique()  # fmt: skip
+    mine = engine.parallel.epochs.indices("data", N, BATCH, 0)
+    batch = torch.cat([mine] + engine.parallel.gather(mine)).unique()
     return {"moved": moved, "batch": batch,
             "params": {k: v.detach().clone() for k, v in state.params.items()}}  # fmt: skip
 

@@ -145,6 +145,38 @@ def test_a_wrong_adam_update_is_caught_by_the_check(monkeypatch):
     assert "Adam update differs" in fast.method_info["jit"]["main"]["reason"]
 
 
+@pytest.mark.parametrize("where", ["graph", "recording"])
+def test_a_failing_compiled_step_runs_eagerly_and_keeps_the_work(monkeypatch, where):
+    """An error inside the compiled step (here injected: the replayed graph at step 30, or the
+    recording's check) is not the user's failure: that step runs eagerly on the same draws
+    and the fit goes on, ending where the eager fit ends."""
+    calls = {"n": 0}
+    if where == "graph":
+        real = compiled._Graph.run
+
+        def run(self, inputs):
+            calls["n"] += 1
+            if calls["n"] == 30:
+                raise RuntimeError("CUDA out of memory (injected)")
+            return real(self, inputs)
+
+        monkeypatch.setattr(compiled._Graph, "run", run)
+    else:
+
+        def check(self, *args):
+            raise RuntimeError("a model bug seen while recording (injected)")
+
+        monkeypatch.setattr(compiled.CompiledStep, "_check", check)
+    data = eight_schools.load_data()
+    kw = dict(KW, num_steps=250, seed=2, polish=None)
+    eager = ppl_vi.fit(eight_schools.model, **data, jit=False, **kw)
+    # jit="auto" falls back to the eager step (jit=True would try Pyro's JIT of the loss next)
+    fast = ppl_vi.fit(eight_schools.model, **data, jit="auto", **kw)
+    assert fast.num_steps == 250
+    assert "the compiled step failed (RuntimeError" in fast.method_info["jit"]["main"]["reason"]
+    _exactly_equal(eager, fast)
+
+
 def test_value_dependent_model_runs_eagerly_and_says_why():
     def model(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
@@ -256,20 +288,6 @@ def test_epoch_batches_use_every_point_once_per_epoch():
     assert not torch.equal(
         batches.indices("data", size, batch, 0), batches.indices("data", size, batch, 3)
     )
-
-
-def test_rank_slices_partition_the_global_batch():
-    """Data-parallel ranks take disjoint, equal slices whose union is the global batch."""
-    from ppl_vi.minibatch import batch_indices
-
-    size, batch, world = 50, 12, 3
-    for step in (0, 3, 4):  # inside the first epoch, at its end, in the second
-        whole = batch_indices(7, "data", step, size, batch)
-        parts = [batch_indices(7, "data", step, size, batch, rank=r, world=world) for r in range(3)]
-        assert [len(p) for p in parts] == [batch // world] * world
-        assert torch.equal(torch.cat(parts), whole)
-    with pytest.raises(ValueError, match="not divisible"):
-        batch_indices(7, "data", 0, size, 10, rank=0, world=3)
 
 
 def test_a_plate_whose_size_changes_gets_a_permutation_of_the_new_size():
