@@ -37,6 +37,7 @@ from pyro.optim.optim import PyroOptim
 from ppl_vi import checkpoint as ckpt
 from ppl_vi import data, io
 from ppl_vi import optim as optim_lib
+from ppl_vi.anneal import KLAnnealing
 from ppl_vi.compiled import CompiledStep, NonFinite
 from ppl_vi.distributed import DataParallel, rank_seed
 from ppl_vi.errors import DataError, FitError, NonFiniteLossError
@@ -92,7 +93,9 @@ class TrainState:
     phase : str
         ``"main"``, ``"polish"`` (the final phase) or ``"done"``.
     losses : list of float
-        One loss per step.
+        One loss per step (the annealed loss while ``kl_anneal`` scales the latent terms).
+    full_losses : list of float
+        With ``kl_anneal``: the negative ELBO of each step on the same draws (else empty).
     converged : bool
         Whether the stopping rule fired.
     polish_start : int or None
@@ -109,6 +112,7 @@ class TrainState:
     end: int = 0
     phase: str = "main"
     losses: list = field(default_factory=list)
+    full_losses: list = field(default_factory=list)
     converged: bool = False
     polish_start: int | None = None
     avg: dict | None = None
@@ -174,6 +178,7 @@ class TrainState:
             "phase": self.phase,
             "finished": self.phase == "done",
             "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "full_losses": torch.tensor(self.full_losses, dtype=torch.float64),
             "converged": self.converged,
             "polish_start": self.polish_start,
             "avg": io.to_cpu(self.avg),
@@ -188,6 +193,8 @@ class TrainState:
         if self.phase not in PHASES:
             raise io.CheckpointError(f"unknown loop phase {self.phase!r} in the checkpoint")
         self.losses = [float(x) for x in loop["losses"].tolist()]
+        full = loop.get("full_losses")
+        self.full_losses = [] if full is None else [float(x) for x in full.tolist()]
         self.converged = bool(loop["converged"])
         self.polish_start = loop["polish_start"]
         avg = loop["avg"]
@@ -259,6 +266,7 @@ class Engine:
         self.optim = optim_lib.build_optim(optim, None, None)
         self.policies = list(policies)
         self.polish = next((p for p in self.policies if isinstance(p, Polish)), None)
+        self.annealing = next((p for p in self.policies if isinstance(p, KLAnnealing)), None)
         self.num_particles = num_particles
         if not (jit is True or jit is False or jit == "auto"):
             raise ValueError(f"jit must be True, False or 'auto' (got {jit!r})")
@@ -279,6 +287,7 @@ class Engine:
         self._guard = InterruptGuard()
         self.batches: EpochBatches | None = None
         self._compiled: dict = {}  # ELBO -> CompiledStep
+        self._full_loss = None
 
     # ------------------------------------------------------------------ set-up
     def init(self, *args, **kwargs) -> TrainState:
@@ -561,8 +570,7 @@ class Engine:
                 self._applied_factor = factor
             optim_lib.apply_update(state.optim, params)
             optim_lib.scheduler_step(state.optim)
-            state.step += 1
-            state.losses.append(loss)
+            self._record(state, loss, self._full_loss)
             state.last_lr_factor = factor
         finally:
             self._guard.release()
@@ -586,6 +594,8 @@ class Engine:
         compiled = self.compiled_step(elbo)
         if compiled is None or compiled.reason is not None or not self.last_params:
             return False
+        if self.annealing is not None and self.annealing.beta(state.step) != 1.0:
+            return False  # warm-up steps run eagerly (the graph would fix the coefficient)
         if self.jit == "auto" and not compiled.compiled and not self._auto_records(state):
             return False
         if factor != self._applied_factor:
@@ -608,8 +618,7 @@ class Engine:
                 return False
             if loss is None:
                 return False
-            state.step += 1
-            state.losses.append(loss)
+            self._record(state, loss, loss)
             state.last_lr_factor = factor
         finally:
             self._guard.release()
@@ -661,7 +670,7 @@ class Engine:
         stream is rewound, gradients are dropped and the error is raised."""
         try:
             with poutine.trace(param_only=True) as capture, self._batch_context(state.step):
-                loss = elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+                loss = self._loss_and_grads(elbo, state.step, args, kwargs)
             params = list(
                 dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
             )
@@ -673,6 +682,26 @@ class Engine:
                 raise
             raise self._failure(e, state, elbo, rng, args, kwargs) from e
         return loss, params
+
+    def _loss_and_grads(self, elbo, step: int, args, kwargs):
+        """The step's loss (gradients set); with ``kl_anneal``, the annealed loss, and the full
+        one kept for :meth:`_record`."""
+        if self.annealing is None:
+            return elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        loss, self._full_loss = self.annealing.loss_and_grads(
+            elbo, self.model, self.guide, step, args, kwargs, self.device
+        )
+        return loss
+
+    def _record(self, state: TrainState, loss: float, full: float | None) -> None:
+        state.step += 1
+        state.losses.append(loss)
+        if self.annealing is not None:
+            state.full_losses.append(full)
+
+    def warmup_end(self) -> int:
+        """First step from which ``kl_anneal``'s coefficient stays 1 (0 without annealing)."""
+        return 0 if self.annealing is None else self.annealing.warmup_end()
 
     def _parallel_gradients(self, state, elbo, rng, args, kwargs) -> tuple[float, list]:
         """This rank's shard of the step, then one all_reduce that averages every parameter's

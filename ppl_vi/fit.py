@@ -15,6 +15,7 @@ from pyro.optim.optim import PyroOptim
 
 from ppl_vi import checkpoint as ckpt
 from ppl_vi import data, io, methods
+from ppl_vi.anneal import KLAnnealing
 from ppl_vi.data import move_to_device, resolve_device  # noqa: F401 - public names here
 from ppl_vi.engine import Engine
 from ppl_vi.errors import FitError, NonFiniteLossError  # noqa: F401 - public names here
@@ -37,7 +38,7 @@ __all__ = ["Convergence", "FitState", "NonFiniteLossError", "Polish", "fit"]
 OPTIONS = frozenset(
     "guide elbo num_steps lr optim num_particles seed device progress convergence polish "
     "checkpoint checkpoint_every resume callbacks clip_norm lr_schedule guide_kwargs "
-    "elbo_kwargs jit model_kwargs init dtype distributed".split()
+    "elbo_kwargs jit model_kwargs init dtype distributed kl_anneal".split()
 )
 
 
@@ -119,6 +120,7 @@ def fit(
     init=None,
     dtype=None,
     distributed: bool = False,
+    kl_anneal: int | Callable[[int], float] | None = None,
     **kwargs,
 ) -> VIResult:
     """Fit a guide to a Pyro model by stochastic variational inference.
@@ -194,7 +196,11 @@ def fit(
         ``fit(guide="pathfinder")``): a full-rank guide (and ``guide="bam"``) starts at that
         Gaussian, a mean-field guide at its means and sds, other guides that take
         ``init_loc_fn`` / ``init_scale`` at its means with the median of its sds.
-
+    kl_anneal : int or callable, optional
+        KL warm-up (:mod:`ppl_vi.anneal`): scale the latent sites' ``log p - log q`` terms by
+        ``beta`` (observed sites keep weight 1); an integer ``n`` rises linearly to 1 over
+        ``n`` steps, a callable gives ``beta = kl_anneal(step)``. ``result.losses`` holds the
+        annealed losses, ``result.full_losses`` the negative ELBO on the same draws.
     dtype : torch.dtype, optional
         Run the model and the guide in this floating dtype (floating data are cast; e.g.
         ``torch.float64`` for badly conditioned posteriors). Default: torch's default dtype,
@@ -224,10 +230,13 @@ def fit(
             raise TypeError(f"model arguments {clash} are given twice (model_kwargs and **kwargs)")
         kwargs = {**kwargs, **model_kwargs}
     policies = [p for p in (convergence, polish) if p is not None]
-    if lr_schedule is not None:
-        schedule = LRSchedule(lr_schedule)
-        schedule.check(num_steps)
-        policies.append(schedule)
+    for schedule in (
+        LRSchedule(lr_schedule) if lr_schedule is not None else None,
+        KLAnnealing(kl_anneal) if kl_anneal is not None else None,
+    ):
+        if schedule is not None:
+            schedule.check(num_steps)
+            policies.append(schedule)
     policies.append(Callbacks([callbacks] if callable(callbacks) else callbacks))
     start_gaussian = None
     if init is not None:

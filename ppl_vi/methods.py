@@ -17,7 +17,7 @@ DEFAULTS = {
     "elbo": "elbo", "num_steps": None, "lr": None, "optim": None, "num_particles": None,
     "convergence": Convergence(), "polish": Polish(), "checkpoint": None,
     "checkpoint_every": 500, "resume": "auto", "callbacks": (), "clip_norm": None,
-    "lr_schedule": None, "elbo_kwargs": None, "jit": "auto",
+    "lr_schedule": None, "elbo_kwargs": None, "jit": "auto", "kl_anneal": None,
 }  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def same(value, default) -> bool:
 
 #: Options of SGD fits that batch-and-match (closed-form steps) has no use for.
 _NOT_BAM = ("elbo", "lr", "optim", "num_particles", "clip_norm", "lr_schedule", "elbo_kwargs",
-            "jit")  # fmt: skip
+            "jit", "kl_anneal")  # fmt: skip
 
 
 def start_from(init, model, model_args: tuple, kwargs: dict, options: dict):

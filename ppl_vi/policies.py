@@ -139,7 +139,9 @@ class Convergence(Policy):
         return r is not None and r < self.tol
 
     def after_step(self, engine, state) -> bool:
-        if state.phase == "main" and not state.converged and self.check(state.losses):
+        start = engine.warmup_end() if hasattr(engine, "warmup_end") else 0
+        losses = state.losses[start:]  # (a KL warm-up's loss moves with its coefficient)
+        if state.phase == "main" and not state.converged and self.check(losses):
             state.converged = True
             if engine.polish is None:
                 state.end = state.step

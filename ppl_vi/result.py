@@ -80,7 +80,11 @@ class VIResult:
     Attributes
     ----------
     losses : numpy.ndarray
-        One loss (= -ELBO estimate) per step.
+        One loss (= -ELBO estimate) per step; with ``kl_anneal``, the annealed loss that the
+        step minimised.
+    full_losses : numpy.ndarray
+        The negative ELBO of each step on the same draws (the same as ``losses`` unless the fit
+        annealed the KL term).
     num_steps : int
         Steps taken.
     converged : bool
@@ -115,6 +119,7 @@ class VIResult:
         seed: int | None = None,
         live: dict | None = None,
         dtype: torch.dtype | None = None,
+        full_losses=None,
     ):
         self.model = model
         self.guide = guide
@@ -127,6 +132,9 @@ class VIResult:
         self.info = info
         self.losses = np.asarray(losses, dtype=np.float64)
         self.num_steps = len(self.losses)
+        self.full_losses = (
+            self.losses if full_losses is None else np.asarray(full_losses, dtype=np.float64)
+        )
         self.converged = bool(converged)
         self.interrupted = bool(interrupted)
         self.device = torch.device(device)
@@ -170,7 +178,15 @@ class VIResult:
             wall_time=wall_time,
             seed=engine.seed,
             dtype=engine.dtype,
+            full_losses=state.full_losses if getattr(engine, "annealing", None) else None,
         )
+        annealing = getattr(engine, "annealing", None)
+        if annealing is not None:
+            result.method_info["kl_anneal"] = {
+                "schedule": annealing.settings()["kl_anneal"],
+                "warmup_end": annealing.warmup_end(),
+                "betas": [annealing.beta(t) for t in range(result.num_steps)],
+            }
         if getattr(engine, "jit", False):
             result.method_info["jit"] = engine.jit_report()
         parallel = getattr(engine, "parallel", None)
@@ -386,6 +402,8 @@ class VIResult:
                 attrs={"inference_library": "ppl_vi", "guide": str(self.guide_spec.get("class"))},
             )
         idata.sample_stats["loss"] = ("step", self.losses)
+        if self.full_losses is not self.losses:
+            idata.sample_stats["full_loss"] = ("step", self.full_losses)
         if (posterior_predictive or log_likelihood) and observed:
             if posterior_predictive:
                 add_posterior_predictive(
@@ -554,6 +572,9 @@ class VIResult:
             "elbo": self.elbo_spec,
             "params": {k: v.detach().cpu() for k, v in self._params.items()},
             "losses": torch.as_tensor(self.losses, dtype=torch.float64),
+            "full_losses": None
+            if self.full_losses is self.losses
+            else torch.as_tensor(self.full_losses, dtype=torch.float64),
             "converged": self.converged,
             "interrupted": self.interrupted,
             "wall_time": float(self.wall_time),
@@ -637,6 +658,7 @@ def load(
         wall_time=payload["wall_time"],
         seed=payload["seed"],
         dtype=dtype,
+        full_losses=None if payload.get("full_losses") is None else payload["full_losses"].numpy(),
     )
     result.resampled = bool(payload.get("resampled", False))
     result.method_info = dict(payload.get("method_info") or {})

@@ -10,6 +10,7 @@ MODULES = [
     "ppl_vi.jit",
     "ppl_vi.compiled",
     "ppl_vi.minibatch",
+    "ppl_vi.anneal",
     "ppl_vi.infer_util",
     "ppl_vi.guides.mean_field",
     "ppl_vi.guides.full_rank",
