@@ -216,12 +216,13 @@ def _fit_and_write(args, rank: int) -> int:
             "polish": polish,
             "jit": True if args.jit else (False if args.no_jit else "auto"),
             "checkpoint": args.checkpoint,
+            "kl_anneal": args.kl_anneal,
         }
         if args.distributed:
             options["distributed"] = True
         if args.guide in METHOD_NAMES:  # options of SGD fits only when set on the command line
             defaults = {"elbo": "elbo", "lr": 0.01, "jit": "auto", "checkpoint": None,
-                        "num_particles": None, "polish": Polish()}  # fmt: skip
+                        "num_particles": None, "polish": Polish(), "kl_anneal": None}  # fmt: skip
             defaults["num_steps"] = 5000  # the command line's default: the method's own applies
             options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
         result = fit(
@@ -447,6 +448,13 @@ def _parser() -> argparse.ArgumentParser:
         "compiles (default: compile fits of 200+ steps where possible, silently)",
     )
     p.add_argument("--no-jit", action="store_true", help="run every step eagerly")
+    p.add_argument(
+        "--kl-anneal",
+        type=int,
+        default=None,
+        metavar="N",
+        help="KL warm-up: scale the latent terms by a coefficient rising linearly to 1 over N steps",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--checkpoint",

@@ -226,7 +226,9 @@ def test_fit_options_reach_fit(tmp_path, monkeypatch):
     assert main([*argv, "--polish-particles", "4", "--khat-draws", "0"]) == 0
     assert seen["polish"].num_particles == 4 and seen["num_steps"] == 50
     assert main([*argv, "--no-polish", "--khat-draws", "0"]) == 0
-    assert seen["polish"] is None
+    assert seen["polish"] is None and seen["kl_anneal"] is None
+    assert main([*argv, "--kl-anneal", "20", "--khat-draws", "0"]) == 0
+    assert seen["kl_anneal"] == 20
 
 
 def test_fit_writes_elbo_and_khat_to_run_json(tmp_path, capsys):
