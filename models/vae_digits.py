@@ -209,9 +209,10 @@ class VampPrior(PyroModule):
     where :math:`K` is ``num_pseudo``, the pseudo-inputs :math:`u_k` (each of shape
     ``input_shape``) are the parameter ``pseudo_inputs`` and :math:`(\mu_\phi, \sigma_\phi)` is
     ``encoder``: the guide's own encoder, so that each component is the guide's
-    :math:`q_\phi(z \mid u_k)` (Tomczak & Welling, 2018, eq. 9). Calling the module returns the
-    mixture as a :class:`pyro.distributions.MixtureSameFamily` with batch shape ``()`` and event
-    shape ``(L,)``, to use in a model: ``pyro.sample("z", vamp())`` (a plate expands it).
+    :math:`q_\phi(z \mid u_k)` (Tomczak & Welling, 2018). Calling the module returns the mixture
+    as a :class:`VampMixture` (a :class:`pyro.distributions.MixtureSameFamily`) with batch shape
+    ``()`` and event shape ``(L,)``, to use in a model: ``pyro.sample("z", vamp())`` (a plate
+    expands it). The mixture weights are uniform and fixed, as in the paper.
 
     The encoder is **not** owned by this module: it is neither a child module nor copied, so
     its parameters keep the names its owner gives them, and a model and a guide that run it
@@ -261,7 +262,8 @@ class VampPrior(PyroModule):
         ``encoder_name`` of the wrong type.
     ValueError
         For ``num_pseudo < 1``, a bad ``input_shape``, ``init`` of the wrong shape, an
-        ``init_scale <= 0``, or (when called) an encoder output of the wrong shape.
+        ``init_scale <= 0``, or (when called) an encoder output of the wrong shape or a param
+        store that holds ``"<name>.pseudo_inputs"`` with another shape.
 
     References
     ----------
@@ -363,6 +365,15 @@ class VampPrior(PyroModule):
         if self.encoder_name is not None:
             encoder = pyro.module(self.encoder_name, encoder, update_module_params=True)
         k = self.num_pseudo
+        full, store = self._pyro_get_fullname("pseudo_inputs"), pyro.get_param_store()
+        shape = (k, *self.input_shape)
+        # (a shape check: skipped while a graph is recorded, where shapes are fixed anyway)
+        if not torch.jit.is_tracing() and full in store and tuple(store[full].shape) != shape:
+            raise ValueError(
+                f"the param store holds {full!r} with shape {tuple(store[full].shape)}, but "
+                f"num_pseudo={k}, input_shape={self.input_shape} need shape {shape}; give this "
+                "VampPrior another name= or call pyro.clear_param_store()"
+            )
         out = encoder(self.pseudo_inputs)
         if isinstance(out, (tuple, list)):
             if len(out) != 2 or not all(isinstance(t, torch.Tensor) for t in out):
@@ -536,13 +547,6 @@ def _pseudo_init(x: torch.Tensor | None, ref: torch.Tensor, k: int) -> torch.Ten
 
 def _vamp_prior(x, ref, latent_dim: int, hidden_dim: int, k: int) -> VampMixture:
     encoder = _encoder(ref, latent_dim, hidden_dim)
-    full, store = "vae_vamp.pseudo_inputs", pyro.get_param_store()
-    if not torch.jit.is_tracing() and full in store and store[full].shape != (k, NUM_PIXELS):
-        raise ValueError(
-            f"the param store holds {full!r} with shape {tuple(store[full].shape)}, but "
-            f"num_pseudo={k} needs shape {(k, NUM_PIXELS)}; call pyro.clear_param_store() "
-            "before changing sizes"
-        )
     prior = VampPrior(
         encoder,
         k,

@@ -11,6 +11,8 @@ MODULES = [
     "ppl_vi.compiled",
     "ppl_vi.minibatch",
     "ppl_vi.anneal",
+    "ppl_vi.vamp",
+    "ppl_vi.diagnostics",
     "ppl_vi.infer_util",
     "ppl_vi.guides.mean_field",
     "ppl_vi.guides.full_rank",
