@@ -9,6 +9,7 @@ from .full_rank import FullRank
 from .gaussian_mixture import GaussianMixture
 from .hvm import HVM
 from .iaf import IAF
+from .ladder import Ladder
 from .low_rank import LowRank
 from .mean_field import MeanField
 
@@ -21,12 +22,14 @@ GUIDES = {
     "amortized": Amortized,
     "diffusion": DiffusionChain,
     "gaussian_mixture": GaussianMixture,
+    "ladder": Ladder,
 }
 
 __all__ = [
     "GUIDES",
     "HVM",
     "IAF",
+    "Ladder",
     "LowRank",
     "Amortized",
     "DiffusionChain",

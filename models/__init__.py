@@ -60,7 +60,11 @@ Modules
 ``ppca``
     Probabilistic PCA with fixed loadings: exact per-datum posterior and evidence.
 ``vae_digits``
-    A variational autoencoder's generative model (deep latent Gaussian) on binarised digits.
+    A variational autoencoder's generative model (deep latent Gaussian) on binarised digits,
+    with a standard-normal prior or a VampPrior.
+``ladder_vae``
+    A hierarchical VAE (stacked Gaussian latent layers) on binarised digits, for the ``Ladder``
+    guide.
 ``diffusion_chain``
     Learned reverse diffusion chain, paired with the ``DiffusionChain`` guide.
 
@@ -69,7 +73,8 @@ Examples
 >>> from ppl_vi import models
 >>> models.available()
 ['banana', 'bayes_linear_regression', 'beta_bernoulli', 'correlated_gaussian', 'diffusion_chain', \
-'eight_schools', 'logistic_regression', 'normal_normal', 'ppca', 'sigmoid_belief_net', 'vae_digits']
+'eight_schools', 'ladder_vae', 'logistic_regression', 'normal_normal', 'ppca', \
+'sigmoid_belief_net', 'vae_digits']
 >>> es = models.get("eight_schools")
 >>> data = es.load_data()
 """
@@ -89,6 +94,7 @@ MODELS: dict[str, str] = {
     "correlated_gaussian": "ppl_vi.models.correlated_gaussian",
     "diffusion_chain": "ppl_vi.models.diffusion_chain",
     "eight_schools": "ppl_vi.models.eight_schools",
+    "ladder_vae": "ppl_vi.models.ladder_vae",
     "logistic_regression": "ppl_vi.models.logistic_regression",
     "normal_normal": "ppl_vi.models.normal_normal",
     "ppca": "ppl_vi.models.ppca",

@@ -15,7 +15,7 @@ from pathlib import Path
 #: Guide and ELBO names of ppl_vi.guides.GUIDES and ppl_vi.elbos.ELBOS (a test keeps them equal).
 METHOD_NAMES = ("pathfinder", "bam", "auto")
 GUIDE_NAMES = ("mean_field", "full_rank", "low_rank", "iaf", "hvm", "amortized", "diffusion",
-               "gaussian_mixture", *METHOD_NAMES)  # fmt: skip
+               "gaussian_mixture", "ladder", *METHOD_NAMES)  # fmt: skip
 ELBO_NAMES = ("elbo", "rb_score", "iwae", "renyi", "stein")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 

@@ -22,6 +22,7 @@ MODULES = [
     "ppl_vi.guides.hvm",
     "ppl_vi.guides.amortized",
     "ppl_vi.guides.diffusion",
+    "ppl_vi.guides.ladder",
     "ppl_vi.elbos.score_function",
     "ppl_vi.elbos.iwae",
     "ppl_vi.elbos.renyi",
@@ -37,6 +38,7 @@ MODULES = [
     "ppl_vi.models.ppca",
     "ppl_vi.models.vae_digits",
     "ppl_vi.models.diffusion_chain",
+    "ppl_vi.models.ladder_vae",
 ]
 
 
