@@ -422,7 +422,9 @@ class Amortized(AutoGuide):
         out = {}
         for name, d in self._local_dists(loc, raw).items():
             normal = d.base_dist if isinstance(d, dist.TransformedDistribution) else d
-            out[name] = (normal.base_dist.loc, normal.base_dist.scale)
+            if isinstance(normal, dist.Independent):  # (a scalar site's Normal is not wrapped)
+                normal = normal.base_dist
+            out[name] = (normal.loc, normal.scale)
         return out
 
 

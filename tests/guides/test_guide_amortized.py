@@ -125,6 +125,27 @@ def test_default_encoder_starts_at_init_scale():
         torch.testing.assert_close(loc, torch.zeros(10, 2))
 
 
+def test_local_params_of_scalar_and_constrained_local_sites():
+    # a scalar site's guide Normal is not wrapped in Independent; a positive one is transformed
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, s), obs=x)
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            n = x.shape[0]
+            return torch.cat([x, 2.0 * x, x.new_zeros(n, 2)], -1)  # locs (z, s), raw scales 0
+
+    x = torch.arange(3.0).unsqueeze(-1)[:, 0]
+    guide = Amortized(model, encoder=Fixed(), init_scale=0.3)
+    params = guide.local_params(x)
+    torch.testing.assert_close(params["z"][0], x)
+    torch.testing.assert_close(params["s"][0], 2.0 * x)  # unconstrained (log) space
+    torch.testing.assert_close(params["z"][1], torch.full((3,), 0.3), atol=2e-6, rtol=0)
+
+
 def test_hidden_dims_set_the_network():
     data = ppca.load_data(n=10)
     guide = Amortized(ppca.model, hidden_dims=(16, 8))
