@@ -62,6 +62,9 @@ Modules
 ``vae_digits``
     A variational autoencoder's generative model (deep latent Gaussian) on binarised digits,
     with a standard-normal prior or a VampPrior.
+``bnn``
+    Bayesian neural network (``PyroModule`` MLP with Normal priors on every weight): regression
+    on the diabetes data, classification on breast cancer.
 ``ladder_vae``
     A hierarchical VAE (stacked Gaussian latent layers) on binarised digits, for the ``Ladder``
     guide.
@@ -72,8 +75,8 @@ Examples
 --------
 >>> from ppl_vi import models
 >>> models.available()
-['banana', 'bayes_linear_regression', 'beta_bernoulli', 'correlated_gaussian', 'diffusion_chain', \
-'eight_schools', 'ladder_vae', 'logistic_regression', 'normal_normal', 'ppca', \
+['banana', 'bayes_linear_regression', 'beta_bernoulli', 'bnn', 'correlated_gaussian', \
+'diffusion_chain', 'eight_schools', 'ladder_vae', 'logistic_regression', 'normal_normal', 'ppca', \
 'sigmoid_belief_net', 'vae_digits']
 >>> es = models.get("eight_schools")
 >>> data = es.load_data()
@@ -91,6 +94,7 @@ MODELS: dict[str, str] = {
     "banana": "ppl_vi.models.banana",
     "bayes_linear_regression": "ppl_vi.models.bayes_linear_regression",
     "beta_bernoulli": "ppl_vi.models.beta_bernoulli",
+    "bnn": "ppl_vi.models.bnn",
     "correlated_gaussian": "ppl_vi.models.correlated_gaussian",
     "diffusion_chain": "ppl_vi.models.diffusion_chain",
     "eight_schools": "ppl_vi.models.eight_schools",

@@ -145,9 +145,10 @@ def check_elbo(elbo: ELBO) -> None:
     """Raise ``ValueError`` unless ``elbo`` weighs sites by their scale as a sum of site terms
     (the ELBOs where a KL coefficient is defined)."""
     from ppl_vi.elbos import RBScoreFunctionELBO
-    from ppl_vi.jit import JitELBO
 
-    inner = elbo.elbo if isinstance(elbo, JitELBO) else elbo
+    inner = elbo
+    while isinstance(getattr(inner, "elbo", None), ELBO):  # JitELBO, LocalReparam: the bound
+        inner = inner.elbo
     if isinstance(inner, TraceEnum_ELBO) or not isinstance(
         inner, (Trace_ELBO, TraceGraph_ELBO, RBScoreFunctionELBO)
     ):

@@ -234,3 +234,26 @@ def test_checkpoint_resume_and_save_keep_both_histories(tmp_path):
     back = ppl_vi.load(tmp_path / "r.pt", normal_normal.model)
     np.testing.assert_array_equal(back.full_losses, whole.full_losses)
     assert back.method_info["kl_anneal"]["warmup_end"] == 149
+
+
+def test_annealing_wraps_a_local_reparameterized_bnn_fit():
+    from ppl_vi.local_reparam import LocalReparam
+    from ppl_vi.models import bnn
+
+    data = bnn.load_data(task="classification", n=40)
+    options = {**OPTIONS, "num_steps": 6, "guide": "mean_field"}
+    r = ppl_vi.fit(bnn.model, **data, **options, elbo=LocalReparam(Trace_ELBO()), kl_anneal=4)
+    assert r.method_info["kl_anneal"]["warmup_end"] == 3
+    assert np.all(r.full_losses[:3] != r.losses[:3])
+    np.testing.assert_array_equal(r.full_losses[3:], r.losses[3:])
+    with pytest.raises(ValueError, match=r"IWAE has no KL coefficient"):
+        check_elbo(_wrapped_iwae())
+
+
+def _wrapped_iwae():
+    class Wrapper(Trace_ELBO):
+        pass
+
+    w = Wrapper()
+    w.elbo = IWAE(num_particles=2)
+    return w

@@ -11,6 +11,7 @@ MODULES = [
     "ppl_vi.compiled",
     "ppl_vi.minibatch",
     "ppl_vi.anneal",
+    "ppl_vi.stats",
     "ppl_vi.vamp",
     "ppl_vi.diagnostics",
     "ppl_vi.infer_util",
@@ -39,6 +40,8 @@ MODULES = [
     "ppl_vi.models.vae_digits",
     "ppl_vi.models.diffusion_chain",
     "ppl_vi.models.ladder_vae",
+    "ppl_vi.models.bnn",
+    "ppl_vi.local_reparam",
 ]
 
 
