@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pyro.infer.autoguide import initialization as init
+from pyro.poutine.util import site_is_subsample
 
 from ppl_vi.infer_util import improper_safe
 
@@ -85,3 +88,66 @@ def continuous_only(init_fn, guide_name: str):
         return init_fn(site)
 
     return init
+
+
+class DataPlate(NamedTuple):
+    """The plate that indexes the data of a model trace, and the sample sites in it."""
+
+    name: str
+    dim: int
+    observed: list  # observed sites inside the plate (trace nodes)
+    local: list  # latent sites inside the plate, in model order (trace nodes)
+    outside: list  # the other latent sites (global latents), in model order
+
+
+def find_data_plate(trace, data_plate: str | None, owner: str) -> DataPlate:
+    """The data plate of ``trace``: ``data_plate`` if given, else the single vectorized plate
+    holding observed sites. ``owner`` names the caller in the errors (e.g. ``"Amortized"``).
+
+    Raises ``ValueError`` when there is no such plate or ``data_plate`` is not a vectorized
+    plate of the model; the caller decides what an empty ``local`` means.
+    """
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    frames = {f.name: f for s in sites for f in s["cond_indep_stack"] if f.vectorized}
+    if data_plate is None:
+        observed = [s for s in sites if s["is_observed"]]
+        names = sorted({f.name for s in observed for f in s["cond_indep_stack"] if f.vectorized})
+        if len(names) != 1:
+            found = "no plate" if not names else f"the plates {names}"
+            raise ValueError(
+                f"{owner} needs the data plate: the model's observed sites lie in {found}; "
+                "pass data_plate='<name of the plate that indexes the data>'"
+            )
+        data_plate = names[0]
+    if data_plate not in frames:
+        raise ValueError(
+            f"data_plate={data_plate!r} is not a plate of the model (vectorized plates: "
+            f"{sorted(frames)})"
+        )
+    inside = [any(f.name == data_plate for f in s["cond_indep_stack"]) for s in sites]
+    return DataPlate(
+        data_plate,
+        frames[data_plate].dim,
+        [s for s, i in zip(sites, inside, strict=True) if i and s["is_observed"]],
+        [s for s, i in zip(sites, inside, strict=True) if i and not s["is_observed"]],
+        [s for s, i in zip(sites, inside, strict=True) if not i and not s["is_observed"]],
+    )
+
+
+def check_local_site(site, plate: str, owner: str) -> None:
+    """A continuous guide's check of a local latent site: not discrete, in no other plate."""
+    name = site["name"]
+    if site["fn"].support.is_discrete:
+        raise ValueError(
+            f"{owner} is a continuous guide and cannot represent the discrete local sample "
+            f"site '{name}' (support {site['fn'].support}). Sum it out with "
+            "pyro.infer.config_enumerate and TraceEnum_ELBO, or use a score-function ELBO "
+            "(elbo='rb_score') with a guide that samples it from a discrete distribution."
+        )
+    others = [f.name for f in site["cond_indep_stack"] if f.name != plate]
+    if others:
+        raise ValueError(
+            f"{owner} supports local sites in the data plate {plate!r} only, but site "
+            f"'{name}' also lies in the plates {others}; move them into the site's event "
+            "shape with .to_event()"
+        )

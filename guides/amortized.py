@@ -14,13 +14,12 @@ from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.nn.module import PyroParam, to_pyro_module_
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.nn import functional as F
 
 from ppl_vi.infer_util import feasible_value
 
-from ._base import check_init_scale
+from ._base import check_init_scale, check_local_site, find_data_plate
 from .mean_field import MeanField
 
 __all__ = ["Amortized", "AmortizationGap", "amortization_gap"]
@@ -195,31 +194,11 @@ class Amortized(AutoGuide):
         with poutine.block():
             trace = poutine.trace(self.model).get_trace(*args, **kwargs)
         self.prototype_trace = trace
-        sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
-        observed = [s for s in sites if s["is_observed"] and not site_is_subsample(s)]
-        latent = [s for s in sites if not s["is_observed"] and not site_is_subsample(s)]
-        plate = self.data_plate
-        if plate is None:
-            names = sorted(
-                {f.name for s in observed for f in s["cond_indep_stack"] if f.vectorized}
-            )
-            if len(names) != 1:
-                found = "no plate" if not names else f"the plates {names}"
-                raise ValueError(
-                    f"Amortized needs the data plate: the model's observed sites lie in {found}; "
-                    "pass data_plate='<name of the plate that indexes the data>'"
-                )
-            plate = names[0]
-        frames = {f.name: f for s in sites for f in s["cond_indep_stack"]}
-        if plate not in frames:
-            raise ValueError(
-                f"data_plate={plate!r} is not a plate of the model (plates: {sorted(frames)})"
-            )
-        self._plate = plate
-        self._plate_dim = frames[plate].dim
-        in_plate = [s for s in sites if any(f.name == plate for f in s["cond_indep_stack"])]
-        self._observed = [s["name"] for s in observed if s in in_plate]
-        local = [s for s in latent if s in in_plate]
+        found = find_data_plate(trace, self.data_plate, "Amortized")
+        plate = self._plate = found.name
+        self._plate_dim = found.dim
+        self._observed = [s["name"] for s in found.observed]
+        local = found.local
         if not local:
             raise ValueError(
                 f"Amortized found no latent sample site inside the data plate {plate!r}; a model "
@@ -228,20 +207,7 @@ class Amortized(AutoGuide):
         self._local = {}
         for s in local:
             name = s["name"]
-            if s["fn"].support.is_discrete:
-                raise ValueError(
-                    f"Amortized is a continuous guide and cannot represent the discrete local "
-                    f"sample site '{name}' (support {s['fn'].support}). Sum it out with "
-                    "pyro.infer.config_enumerate and TraceEnum_ELBO, or use a score-function ELBO "
-                    "(elbo='rb_score') with a guide that samples it from a discrete distribution."
-                )
-            others = [f.name for f in s["cond_indep_stack"] if f.name != plate]
-            if others:
-                raise ValueError(
-                    f"Amortized supports local sites in the data plate {plate!r} only, but site "
-                    f"'{name}' also lies in the plates {others}; move them into the site's event "
-                    "shape with .to_event()"
-                )
+            check_local_site(s, plate, "Amortized")
             transform = biject_to(s["fn"].support)
             u = transform.inv(s["value"].detach())
             event_dim = s["fn"].event_dim + u.dim() - s["value"].dim()
@@ -257,7 +223,7 @@ class Amortized(AutoGuide):
         self.latent_size = sum(v["size"] for v in self._local.values())
         _, x, _ = self._observed_batch(args, kwargs)
         self.input_size = x.shape[-1]
-        globals_ = [s["name"] for s in latent if s["name"] not in self._local]
+        globals_ = [s["name"] for s in found.outside]
         if globals_:
             hidden = poutine.block(self.model, hide=list(self._local))
             self.global_guide = MeanField(hidden, init_scale=self._init_scale)

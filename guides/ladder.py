@@ -12,12 +12,11 @@ import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.runtime import NonlocalExit
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import Independent
 from torch.nn import functional as F
 
-from ._base import check_init_scale
+from ._base import check_init_scale, check_local_site, find_data_plate
 from .amortized import Amortized, _is_identity, _softplus_inv, _store_backed
 from .mean_field import MeanField
 
@@ -245,31 +244,11 @@ class Ladder(AutoGuide):
         with poutine.block():
             trace = poutine.trace(self.model).get_trace(*args, **kwargs)
         self.prototype_trace = trace
-        sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
-        observed = [s for s in sites if s["is_observed"] and not site_is_subsample(s)]
-        latent = [s for s in sites if not s["is_observed"] and not site_is_subsample(s)]
-        plate = self.data_plate
-        if plate is None:
-            names = sorted(
-                {f.name for s in observed for f in s["cond_indep_stack"] if f.vectorized}
-            )
-            if len(names) != 1:
-                found = "no plate" if not names else f"the plates {names}"
-                raise ValueError(
-                    f"Ladder needs the data plate: the model's observed sites lie in {found}; "
-                    "pass data_plate='<name of the plate that indexes the data>'"
-                )
-            plate = names[0]
-        frames = {f.name: f for s in sites for f in s["cond_indep_stack"]}
-        if plate not in frames:
-            raise ValueError(
-                f"data_plate={plate!r} is not a plate of the model (plates: {sorted(frames)})"
-            )
-        self._plate = plate
-        self._plate_dim = frames[plate].dim
-        in_plate = [s for s in sites if any(f.name == plate for f in s["cond_indep_stack"])]
-        self._observed = [s["name"] for s in observed if s in in_plate]
-        local = [s for s in latent if s in in_plate]
+        found = find_data_plate(trace, self.data_plate, "Ladder")
+        plate = self._plate = found.name
+        self._plate_dim = found.dim
+        self._observed = [s["name"] for s in found.observed]
+        local = found.local
         if not local:
             raise ValueError(
                 f"Ladder found no latent sample site inside the data plate {plate!r}; it needs "
@@ -278,25 +257,12 @@ class Ladder(AutoGuide):
         self._layout = {}
         for s in local:  # in model order: top layer first
             name = s["name"]
-            if s["fn"].support.is_discrete:
-                raise ValueError(
-                    f"Ladder is a continuous guide and cannot represent the discrete local sample "
-                    f"site '{name}' (support {s['fn'].support}). Sum it out with "
-                    "pyro.infer.config_enumerate and TraceEnum_ELBO, or use a score-function ELBO "
-                    "(elbo='rb_score') with a guide that samples it from a discrete distribution."
-                )
+            check_local_site(s, plate, "Ladder")
             if not _is_identity(biject_to(s["fn"].support)):
                 raise ValueError(
                     f"Ladder draws every layer from a Normal and needs real-valued local latents, "
                     f"but site '{name}' has support {s['fn'].support}; give it a Normal "
                     "conditional (e.g. sample it unconstrained and transform it in the model)"
-                )
-            others = [f.name for f in s["cond_indep_stack"] if f.name != plate]
-            if others:
-                raise ValueError(
-                    f"Ladder supports local sites in the data plate {plate!r} only, but site "
-                    f"'{name}' also lies in the plates {others}; move them into the site's event "
-                    "shape with .to_event()"
                 )
             event_dim = s["fn"].event_dim
             pos = self._plate_dim - event_dim  # tensor dim of the plate in the value
@@ -322,7 +288,7 @@ class Ladder(AutoGuide):
             )
         _, x, _ = self._observed_batch(args, kwargs)
         self.input_size = x.shape[-1]
-        globals_ = [s["name"] for s in latent if s["name"] not in self._layout]
+        globals_ = [s["name"] for s in found.outside]
         if globals_:
             hidden = poutine.block(self.model, hide=list(self._layout))
             self.global_guide = MeanField(hidden, init_scale=self._init_scale)

@@ -453,7 +453,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="KL warm-up: scale the latent terms by a coefficient rising linearly to 1 over N steps",
+        help="KL warm-up: scale the latent terms by a coefficient rising linearly to 1 over N "
+        "steps",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

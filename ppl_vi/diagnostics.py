@@ -424,36 +424,18 @@ def active_units(
 def _local_latent_sites(trace, data_plate: str | None) -> dict:
     """Latent sample sites inside the data plate: name -> how to read their units."""
     from pyro.distributions.transforms import biject_to
-    from pyro.poutine.util import site_is_subsample
 
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-    frames = {f.name: f for s in sites for f in s["cond_indep_stack"] if f.vectorized}
-    if data_plate is None:
-        observed = [s for s in sites if s["is_observed"]]
-        names = sorted({f.name for s in observed for f in s["cond_indep_stack"] if f.vectorized})
-        if len(names) != 1:
-            found = "no plate" if not names else f"the plates {names}"
-            raise ValueError(
-                f"active_units needs the data plate: the model's observed sites lie in {found}; "
-                "pass data_plate='<name of the plate that indexes the data>'"
-            )
-        data_plate = names[0]
-    if data_plate not in frames:
-        raise ValueError(
-            f"data_plate={data_plate!r} is not a vectorized plate of the model (plates: "
-            f"{sorted(frames)})"
-        )
-    frame = frames[data_plate]
+    from ppl_vi.guides._base import find_data_plate
+
+    found = find_data_plate(trace, data_plate, "active_units")
     out = {}
-    for s in sites:
-        if s["is_observed"] or not any(f.name == data_plate for f in s["cond_indep_stack"]):
-            continue
+    for s in found.local:
         support = s["fn"].support
         transform = None if support.is_discrete else biject_to(support)
         value = s["value"]
         u = value if transform is None else transform.inv(value)
         event_dim = s["fn"].event_dim + u.dim() - value.dim()
-        pos = frame.dim - event_dim  # tensor dim of the data plate in u
+        pos = found.dim - event_dim  # tensor dim of the data plate in u
         out[s["name"]] = {
             "transform": transform,
             "pos": pos,
@@ -461,9 +443,9 @@ def _local_latent_sites(trace, data_plate: str | None) -> dict:
             "unit_shape": tuple(u.movedim(pos, 0).shape[1:]),
         }
     if not out:
-        latent = [s["name"] for s in sites if not s["is_observed"]]
+        latent = [s["name"] for s in found.outside]
         raise ValueError(
-            f"active_units measures latent sample sites inside the data plate {data_plate!r} "
+            f"active_units measures latent sample sites inside the data plate {found.name!r} "
             f"(per-datum latents such as a VAE's z), but the model's latent sites {latent} all "
             "lie outside it; pass data_plate= if another plate indexes the data"
         )

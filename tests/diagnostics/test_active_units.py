@@ -213,7 +213,7 @@ def test_argument_errors(dead_fit):
             active_units(result, num_samples=bad)
     with pytest.raises(ValueError, match="method must be one of 'auto', 'exact', 'monte carlo'"):
         active_units(result, method="mc")
-    with pytest.raises(ValueError, match=r"data_plate='batch' is not a vectorized plate .*\['data'\]"):
+    with pytest.raises(ValueError, match=r"data_plate=.batch. is not a plate .*\[.data.\]"):
         active_units(result, data_plate="batch")
 
 
