@@ -165,6 +165,25 @@ def test_one_entry_per_layer_with_a_guide_without_exact_means(float64):
     assert au.num_units == 6 and au.num_data == 150
 
 
+def test_ladder_results_are_measured_per_layer_from_guide_draws():
+    # the ladder guide's lower layers depend on draws of the upper ones: Monte Carlo, one entry
+    # per layer (site), in model order
+    from ppl_vi.guides.ladder import Ladder
+    from ppl_vi.models import ladder_vae
+
+    data = ladder_vae.load_data(n=60)
+    result = ppl_vi.fit(
+        ladder_vae.model, **data, latent_dims=(4, 2), hidden_dim=16, guide=Ladder,
+        guide_kwargs={"hidden_dims": 16}, num_steps=30, progress=False, polish=None,
+        convergence=None,
+    )  # fmt: skip
+    au = active_units(result, **data, latent_dims=(4, 2), hidden_dim=16, num_samples=50, seed=3)
+    assert au.method == "monte carlo" and list(au.variances) == ["z2", "z1"]
+    assert au.variances["z2"].shape == (2,) and au.variances["z1"].shape == (4,)
+    with pytest.raises(ValueError, match=r"method='exact' needs an Amortized guide"):
+        active_units(result, **data, latent_dims=(4, 2), hidden_dim=16, method="exact")
+
+
 def test_constrained_sites_are_measured_unconstrained(float64):
     """A positive local latent: units are log values (the guide's Normal is on the log scale)."""
 
