@@ -46,6 +46,7 @@ from pyro.infer import Trace_ELBO
 from sklearn.datasets import load_digits
 
 import ppl_vi
+from ppl_vi.diagnostics import active_units
 from ppl_vi.elbos import IWAE
 from ppl_vi.guides.amortized import amortization_gap
 from ppl_vi.models import vae_digits
@@ -307,8 +308,6 @@ plt.show()
 # without a warm-up over the first third of the steps.
 
 # %%
-from ppl_vi.diagnostics import active_units
-
 WIDE = 16
 warm = {}
 for label, anneal in (("no warm-up", None), ("warm-up", max(1, NUM_STEPS // 3))):
@@ -340,7 +339,7 @@ for label, anneal in (("no warm-up", None), ("warm-up", max(1, NUM_STEPS // 3)))
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-for (label, (fitted, units)), color in zip(warm.items(), ("tab:blue", "tab:orange")):
+for (label, (fitted, units)), color in zip(warm.items(), ("tab:blue", "tab:orange"), strict=True):
     a_u = np.sort(units.variances["z"])[::-1]
     axes[0].bar(
         np.arange(WIDE) + (0.2 if label == "warm-up" else -0.2), a_u, width=0.4, color=color,
