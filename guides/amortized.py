@@ -165,7 +165,9 @@ class Amortized(AutoGuide):
         ):
             raise ValueError(f"refine_lr must be a number > 0 (got refine_lr={refine_lr!r})")
         super().__init__(model)
-        self._user_encoder = encoder
+        # (in a tuple, outside the module tree: as a child module its initial weights would
+        # enter the param store a second time, under "_user_encoder", and never be read)
+        self._user_encoder_box = (encoder,)
         self.hidden_dims = tuple(hidden_dims)
         self.data_plate = data_plate
         self._init_scale = check_init_scale(init_scale)
@@ -179,7 +181,7 @@ class Amortized(AutoGuide):
         Returns None for a guide built with a user-supplied ``encoder``, which is not JSON-able
         (rebuild that guide with the same module to reload its parameters).
         """
-        if self._user_encoder is not None:
+        if self._user_encoder_box[0] is not None:
             return None
         return {
             "hidden_dims": list(self.hidden_dims),
@@ -232,7 +234,7 @@ class Amortized(AutoGuide):
             self.global_guide.master = None
         else:
             self.global_guide = None
-        encoder = self._user_encoder
+        encoder = self._user_encoder_box[0]
         if encoder is None:
             layers, width = [], self.input_size
             for h in self.hidden_dims:

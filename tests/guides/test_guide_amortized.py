@@ -146,6 +146,16 @@ def test_local_params_of_scalar_and_constrained_local_sites():
     torch.testing.assert_close(params["z"][1], torch.full((3,), 0.3), atol=2e-6, rtol=0)
 
 
+def test_a_user_encoder_enters_the_param_store_once():
+    data = ppca.load_data(n=10)
+    net = nn.Linear(5, 4)
+    result = ppl_vi.fit(
+        ppca.model, **data, guide=Amortized, guide_kwargs={"encoder": net}, num_steps=3,
+        progress=False, convergence=None, polish=None, jit=False,
+    )  # fmt: skip
+    assert sorted(result.params) == ["Amortized.encoder.bias", "Amortized.encoder.weight"]
+
+
 def test_hidden_dims_set_the_network():
     data = ppca.load_data(n=10)
     guide = Amortized(ppca.model, hidden_dims=(16, 8))
