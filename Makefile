@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 POSTERIORDB ?= ../shared/posteriordb
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-slow lint bench bench-numpyro tutorials clean
+.PHONY: setup demo test test-slow lint bench bench-numpyro tutorials mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,5 +49,13 @@ bench: setup
 bench-numpyro: setup
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[numpyro]"
 
+# Mutation testing (benchmarks/mutate.py): `make mutate MODULES="ppl_vi/engine.py guides/iaf.py"`
+# runs those modules (each well within an hour), `make mutate` every module of the list in
+# benchmarks/mutate.py (several hours); reports in benchmarks/results/mutation/.
+MODULES ?= --all
+mutate: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[mutation]"
+	$(BIN)/python benchmarks/mutate.py $(MODULES)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mutation

@@ -147,15 +147,20 @@ def test_latent_scale_leaves_observed_and_factor_sites_alone():
         pyro.sample("b", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
         pyro.factor("f", torch.tensor(-1.0))
 
-    with LatentScale(lambda: 0.3):
+    record = [0.0]
+    with LatentScale(lambda: 0.3, record=record):
         tr = poutine.trace(m).get_trace()
     assert tr.nodes["a"]["scale"] == 0.3
     assert tr.nodes["b"]["scale"] == 1.0 and tr.nodes["f"]["scale"] == 1.0
+    # the record holds the unannealed latent log density, with a + sign by default
+    expected = dist.Normal(0.0, 1.0).log_prob(tr.nodes["a"]["value"]).item()
+    assert record[0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_linear_warmup_and_schedule_checks():
     s = linear_warmup(4)
     assert [s(t) for t in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [linear_warmup(1)(t) for t in range(2)] == [1.0, 1.0]  # the shortest warm-up
     policy = KLAnnealing(4)
     policy.check(10)
     assert policy.warmup_end() == 3

@@ -1,0 +1,385 @@
+"""Mutation testing of the engine, ELBOs, guides and results: which realistic bugs the suite kills.
+
+Mutants come from cosmic-ray's operators (a maintained mutation tool whose operators and AST
+positions are used as a library), restricted to the realistic ones (``OPERATORS``: ``+``/``-``,
+``*``/``/``, comparison boundaries and negations, ``and``/``or``, ``not`` added or dropped,
+numbers off by one, ``True``/``False``, ``break``/``continue``, loops that never run). Each
+mutant runs only the tests that execute its lines, found from a per-test coverage map (pytest-cov
+contexts over the default suite, built once per source state and cached in ``.mutation/``), the
+fastest first, up to ``--budget`` seconds of measured test time.
+
+Why not ``cosmic-ray exec`` or mutmut: both rerun a whole test command per mutant (about 3 s of
+torch/pyro import before any test) and cosmic-ray rewrites the file on disk, so no two mutants of
+a module can run at once; mutmut 3 copies the sources into ``mutants/`` and cannot follow this
+package's ``package-dir`` mapping (``guides/`` is ``ppl_vi.guides``). Here a parent process
+imports torch, Pyro and pytest once, and each mutant runs in a forked child that imports the
+mutated module from memory (an import hook; the file on disk is never changed), so several run
+at once and a mutant costs its tests plus ~1 s.
+
+    python benchmarks/mutate.py ppl_vi/engine.py guides/iaf.py   # per-module runs
+    python benchmarks/mutate.py --all                             # every module of the issue
+    python benchmarks/mutate.py --map-only                        # (re)build the coverage map
+
+Writes ``benchmarks/results/mutation/<module>.md`` (score, every surviving mutant with its diff)
+and ``benchmarks/results/mutation/summary.json``. Killed = some selected test failed (or the
+tests hit the timeout); survived = all passed; no tests = no test executes the mutated lines.
+Score = killed / (killed + survived + no tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import importlib.abc
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".mutation"
+RESULTS = Path(__file__).parent / "results" / "mutation"
+#: The modules the issue names: engine, ELBOs, results and diagnostics, compare, jit, guides.
+TARGETS = [
+    "ppl_vi/engine.py", "ppl_vi/policies.py", "ppl_vi/optim.py", "ppl_vi/anneal.py",
+    "ppl_vi/elbos/_base.py", "ppl_vi/elbos/iwae.py", "ppl_vi/elbos/renyi.py",
+    "ppl_vi/elbos/score_function.py", "ppl_vi/elbos/stein.py", "ppl_vi/result.py",
+    "ppl_vi/diagnostics.py", "ppl_vi/compare.py", "ppl_vi/stats.py", "ppl_vi/jit.py",
+    "ppl_vi/compiled.py", "guides/_base.py", "guides/mean_field.py", "guides/full_rank.py",
+    "guides/low_rank.py", "guides/iaf.py", "guides/hvm.py", "guides/amortized.py",
+    "guides/ladder.py", "guides/diffusion.py", "guides/gaussian_mixture.py",
+]  # fmt: skip
+#: cosmic-ray operators kept: one realistic alternative per operator (mutmut's choice), not
+#: every binary operator for every other (``+`` -> ``<<``), which multiplies the count by 10.
+OPERATORS = {
+    "core/ReplaceBinaryOperator_Add_Sub", "core/ReplaceBinaryOperator_Sub_Add",
+    "core/ReplaceBinaryOperator_Mul_Div", "core/ReplaceBinaryOperator_Div_Mul",
+    "core/ReplaceBinaryOperator_FloorDiv_Div", "core/ReplaceBinaryOperator_Pow_Mul",
+    "core/ReplaceComparisonOperator_Lt_LtE", "core/ReplaceComparisonOperator_LtE_Lt",
+    "core/ReplaceComparisonOperator_Gt_GtE", "core/ReplaceComparisonOperator_GtE_Gt",
+    "core/ReplaceComparisonOperator_Eq_NotEq", "core/ReplaceComparisonOperator_NotEq_Eq",
+    "core/ReplaceComparisonOperator_Is_IsNot", "core/ReplaceComparisonOperator_IsNot_Is",
+    "core/ReplaceComparisonOperator_In_NotIn", "core/ReplaceComparisonOperator_NotIn_In",
+    "core/ReplaceUnaryOperator_USub_UAdd", "core/ReplaceUnaryOperator_Delete_Not",
+    "core/AddNot", "core/ReplaceAndWithOr", "core/ReplaceOrWithAnd",
+    "core/ReplaceTrueWithFalse", "core/ReplaceFalseWithTrue", "core/NumberReplacer",
+    "core/ReplaceBreakWithContinue", "core/ReplaceContinueWithBreak",
+    "core/ZeroIterationForLoop",
+}  # fmt: skip
+#: Tests that run a module's code in subprocesses (torchrun workers), where the coverage map
+#: cannot see it: the fallback for mutated lines that no test executes in-process.
+SUBPROCESS_TESTS = {
+    "ppl_vi/engine.py": ["tests/test_distributed.py"],
+    "ppl_vi/policies.py": ["tests/test_distributed.py"],
+}
+PRELOAD = ("torch", "pyro", "pyro.infer", "pyro.distributions", "numpy", "scipy", "pandas",
+           "arviz", "sklearn.datasets", "matplotlib", "pytest", "tqdm")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- coverage map
+def source_digest() -> str:
+    h = hashlib.sha256()
+    for folder in ("ppl_vi", "guides", "models", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            h.update(str(path.relative_to(ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_map(workers: int, tests: list) -> dict:
+    """Per-test coverage contexts of the default suite: ``{file: {line: [test ids]}}`` and each
+    test's duration (seconds), cached per source state."""
+    digest = source_digest()
+    if tests:
+        digest += "-" + hashlib.sha256(" ".join(tests).encode()).hexdigest()[:8]
+    path = CACHE / f"coverage-{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    CACHE.mkdir(exist_ok=True)
+    data_file = CACHE / f".coverage-{digest}"
+    durations = CACHE / f"durations-{digest}.json"
+    env = {**os.environ, "COVERAGE_FILE": str(data_file), "PPL_VI_DURATIONS": str(durations),
+           "PYTHONPATH": str(Path(__file__).parent)}  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "pytest", "-m", "not slow", "-q", "-p", "_mutation_durations",
+        "--cov=ppl_vi", "--cov=guides", "--cov-context=test", "--cov-report=", "-n", str(workers),
+        "-p", "no:cacheprovider", *tests,
+    ]  # fmt: skip
+    print("building the per-test coverage map (the default suite under coverage) ...", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+    import coverage
+
+    cov = coverage.CoverageData(basename=str(data_file))
+    cov.read()
+    files = {}
+    for measured in cov.measured_files():
+        rel = os.path.relpath(measured, ROOT)
+        by_line = cov.contexts_by_lineno(measured)
+        files[rel] = {
+            str(line): sorted({c.rsplit("|", 1)[0] for c in ctxs if c})
+            for line, ctxs in by_line.items()
+        }
+    out = {"files": files, "durations": json.loads(durations.read_text())}
+    path.write_text(json.dumps(out))
+    print(f"coverage map: {len(files)} files, {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------- mutants
+def mutants(path: Path) -> list[dict]:
+    import cosmic_ray.plugins
+    from cosmic_ray.ast import ast_nodes, get_ast_from_path
+
+    tree = get_ast_from_path(path)
+    nodes = list(ast_nodes(tree))
+    out = []
+    for name in sorted(cosmic_ray.plugins.operator_names()):
+        if name not in OPERATORS:
+            continue
+        operator = cosmic_ray.plugins.get_operator(name)()
+        positions = [p for node in nodes for p in operator.mutation_positions(node)]
+        for occurrence, (start, end) in enumerate(positions):
+            out.append({"operator": name, "occurrence": occurrence, "lines": (start[0], end[0])})
+    return out
+
+
+def mutated_source(path: Path, mutant: dict) -> str | None:
+    import cosmic_ray.plugins
+    from cosmic_ray.mutating import mutate_code
+
+    operator = cosmic_ray.plugins.get_operator(mutant["operator"])()
+    return mutate_code(path.read_text(), operator, mutant["occurrence"])
+
+
+def function_spans(source: str) -> list[tuple[int, int]]:
+    """(first, last) line of every function, innermost last."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            spans.append((first, node.end_lineno))
+    return sorted(spans, key=lambda s: s[1] - s[0], reverse=True)
+
+
+def select_tests(
+    lines_map: dict, spans, lines: tuple, durations: dict, budget: float, extra=()
+) -> list:
+    """Tests that execute the mutated lines (or, for lines run only at import, such as a
+    default argument, the tests that run the enclosing function; for module level lines, any
+    test of the module; for code that only subprocesses run, ``extra``), fastest first, up to
+    ``budget`` seconds (at least one)."""
+    first, last = lines
+    tests = {t for line in range(first, last + 1) for t in lines_map.get(str(line), ())}
+    if not tests:
+        enclosing = [s for s in spans if s[0] <= first and last <= s[1]]
+        lo, hi = enclosing[-1] if enclosing else (1, 10**9)
+        tests = {t for line, ts in lines_map.items() if lo <= int(line) <= hi for t in ts}
+    if not tests:
+        return list(extra)
+    ordered = sorted(tests, key=lambda t: (durations.get(t, 1.0), t))
+    chosen, spent = [], 0.0
+    for t in ordered:
+        if chosen and spent + durations.get(t, 1.0) > budget:
+            break
+        chosen.append(t)
+        spent += durations.get(t, 1.0)
+    return chosen
+
+
+# --------------------------------------------------------------------------------- running
+class _MutatedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves one module's mutated source from memory (the file is left alone)."""
+
+    def __init__(self, name: str, path: Path, source: str):
+        self.name, self.path, self.source = name, path, source
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        return importlib.util.spec_from_file_location(fullname, self.path, loader=self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(compile(self.source, str(self.path), "exec"), module.__dict__)  # noqa: S102
+
+
+def module_name(rel: str) -> str:
+    parts = Path(rel).with_suffix("").parts
+    if parts[0] in ("guides", "models"):
+        parts = ("ppl_vi", *parts)
+    return ".".join(parts)
+
+
+def run_child(rel: str, source: str, tests: list, log: Path) -> None:
+    """In the forked child: import the mutant, run the tests, exit with pytest's code."""
+    import pytest
+
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.meta_path.insert(0, _MutatedModule(module_name(rel), ROOT / rel, source))
+    code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests])
+    os._exit(int(code))
+
+
+def check_unmutated(rel: str, source: str, lines_map: dict, durations: dict, log_dir) -> None:
+    """The module's fastest tests pass through the same machinery without a mutation (else
+    every mutant would count as killed)."""
+    tests = sorted({t for ts in lines_map.values() for t in ts}, key=lambda t: durations.get(t, 1))
+    if not tests:
+        return
+    pid = os.fork()
+    if pid == 0:
+        run_child(rel, source, tests[:5], log_dir / "unmutated.log")
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if status != 0:
+        raise SystemExit(
+            f"{rel}: its tests fail without any mutation (pytest exit code {status}); see "
+            f"{log_dir / 'unmutated.log'}"
+        )
+
+
+def classify(status: int | None) -> str:
+    """pytest's exit code -> outcome: 1 (a test failed) and 2 (an error while collecting, e.g.
+    a mutant that breaks an import) kill the mutant, as does the timeout."""
+    if status is None:
+        return "killed (timeout)"
+    return {0: "survived", 1: "killed", 2: "killed (error)", 5: "no tests"}.get(
+        status, f"error ({status})"
+    )
+
+
+def run_module(rel: str, cov: dict, args) -> dict:
+    path = ROOT / rel
+    source = path.read_text()
+    spans = function_spans(source)
+    lines_map = cov["files"].get(rel, {})
+    todo = mutants(path)
+    if args.limit:
+        todo = todo[: args.limit]
+    print(f"{rel}: {len(todo)} mutants", flush=True)
+    results, running = [], {}
+    log_dir = CACHE / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    check_unmutated(rel, source, lines_map, cov["durations"], log_dir)
+    queue = list(enumerate(todo))
+    start = time.perf_counter()
+    while queue or running:
+        while queue and len(running) < args.workers:
+            i, m = queue.pop(0)
+            code = mutated_source(path, m)
+            if code is None:
+                continue
+            m["diff"] = "".join(
+                line
+                for line in difflib.unified_diff(
+                    source.splitlines(True), code.splitlines(True), n=0
+                )
+                if not line.startswith(("---", "+++"))
+            )
+            m["tests"] = select_tests(
+                lines_map, spans, m["lines"], cov["durations"], args.budget,
+                SUBPROCESS_TESTS.get(rel, ()),
+            )  # fmt: skip
+            if not m["tests"]:
+                m["outcome"] = "no tests"
+                results.append(m)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                run_child(rel, code, m["tests"], log_dir / f"{i}.log")
+            running[pid] = (m, time.monotonic())
+        time.sleep(0.05)
+        for pid, (m, t0) in list(running.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                m["outcome"] = classify(os.waitstatus_to_exitcode(status))
+            elif time.monotonic() - t0 > args.timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                m["outcome"] = classify(None)
+            else:
+                continue
+            m["seconds"] = round(time.monotonic() - t0, 2)
+            results.append(running.pop(pid)[0])
+    return report(rel, results, time.perf_counter() - start)
+
+
+def report(rel: str, results: list, seconds: float) -> dict:
+    counts: dict = {}
+    for m in results:
+        key = m["outcome"].split(" ")[0]
+        counts[key] = counts.get(key, 0) + 1
+    killed = counts.get("killed", 0)  # (timeouts and collection errors included)
+    scored = killed + counts.get("survived", 0) + counts.get("no", 0)
+    score = killed / scored if scored else float("nan")
+    summary = {"module": rel, "mutants": len(results), "counts": counts,
+               "score": round(score, 4), "seconds": round(seconds, 1)}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Mutation testing: `{rel}`",
+        "",
+        f"{len(results)} mutants, score {score:.1%} (killed / (killed + survived + no tests)); "
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}; {seconds:.0f} s.",
+        "",
+        "## Surviving mutants",
+        "",
+    ]
+    for m in sorted(results, key=lambda m: m["lines"]):
+        if m["outcome"] in ("survived", "no tests"):
+            lines += [
+                f"- line {m['lines'][0]}, {m['operator'].split('/')[-1]} "
+                f"({m['outcome']}; {len(m.get('tests', []))} tests)",
+                "  ```diff",
+                *("  " + d for d in m["diff"].rstrip("\n").splitlines()),
+                "  ```",
+            ]
+    name = rel.replace("/", ".").removesuffix(".py")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({**summary, "mutants": results}, indent=1))
+    print(f"{rel}: score {score:.1%} {counts} in {seconds:.0f} s", flush=True)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="module files (default: --all)")
+    parser.add_argument("--all", action="store_true", help="every module in TARGETS")
+    parser.add_argument("--workers", type=int, default=2, help="mutants run at once")
+    parser.add_argument("--budget", type=float, default=20.0, help="test seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=120.0, help="kill a mutant's tests after")
+    parser.add_argument("--limit", type=int, default=0, help="first N mutants per module")
+    parser.add_argument("--map-only", action="store_true", help="only build the coverage map")
+    parser.add_argument(
+        "--map-tests", nargs="*", default=[], help="map from these tests only (quick runs)"
+    )
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # the children run pytest from the repository root
+    modules = TARGETS if args.all or not args.modules else args.modules
+    cov = build_map(args.workers, args.map_tests)
+    if args.map_only:
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in PRELOAD:  # imported once here, shared by every forked mutant
+        __import__(name)
+    import torch
+
+    torch.set_num_threads(1)
+    summaries = [run_module(rel, cov, args) for rel in modules]
+    path = RESULTS / "summary.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update({s["module"]: s for s in summaries})
+    path.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
