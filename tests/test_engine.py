@@ -164,3 +164,28 @@ def test_multi_tensor_adam_update_is_torch_adam():
         reference.step()
         for p, q in zip(ours, theirs, strict=True):
             assert torch.equal(p, q)
+
+
+def test_step_returns_the_loss_it_recorded_compiled_or_eager():
+    for jit in (True, False):
+        engine = Engine(normal_normal.model, jit=jit, seed=0)
+        state = engine.init(**DATA)
+        losses = [engine.step(state)[1] for _ in range(5)]
+        assert losses == state.losses and len(set(losses)) == 5
+        if jit:
+            assert engine.jit_report()["main"]["path"] == "compiled step"
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_learning_rate_schedule_reaches_every_step(jit):
+    # a factor of 0 from step 5 on freezes the parameters: the fit equals a 5-step fit, on the
+    # compiled path (the factor is set before the graph runs) as on the eager one
+    options = {"progress": False, "polish": None, "convergence": None, "seed": 3, "jit": jit}
+    frozen = ppl_vi.fit(
+        normal_normal.model, **DATA, num_steps=12, lr_schedule=lambda t: float(t < 5), **options
+    )
+    short = ppl_vi.fit(normal_normal.model, **DATA, num_steps=5, **options)
+    for name, value in short.params.items():
+        assert torch.equal(frozen.params[name], value), name
+    moving = ppl_vi.fit(normal_normal.model, **DATA, num_steps=12, **options)
+    assert any(not torch.equal(moving.params[n], v) for n, v in short.params.items())
