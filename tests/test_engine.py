@@ -189,3 +189,29 @@ def test_a_learning_rate_schedule_reaches_every_step(jit):
         assert torch.equal(frozen.params[name], value), name
     moving = ppl_vi.fit(normal_normal.model, **DATA, num_steps=12, **options)
     assert any(not torch.equal(moving.params[n], v) for n, v in short.params.items())
+
+
+def test_auto_compiles_from_exactly_auto_steps_to_go_and_not_with_callbacks():
+    from ppl_vi.engine import AUTO_STEPS
+
+    options = {"progress": False, "polish": None, "convergence": None, "seed": 0}
+    # step 1 is the first that may be recorded: AUTO_STEPS + 1 steps leave AUTO_STEPS to go
+    enough = ppl_vi.fit(normal_normal.model, **DATA, num_steps=AUTO_STEPS + 1, **options)
+    assert enough.method_info["jit"]["main"]["path"] == "compiled step"
+    short = ppl_vi.fit(normal_normal.model, **DATA, num_steps=AUTO_STEPS, **options)
+    assert short.method_info["jit"] == {
+        "main": {"path": "eager", "reason": f"fewer than {AUTO_STEPS} steps to go: not worth "
+                 "recording"}
+    }  # fmt: skip
+    watched = ppl_vi.fit(
+        normal_normal.model, **DATA, num_steps=AUTO_STEPS + 50, callbacks=[lambda s: False],
+        **options,
+    )  # fmt: skip
+    report = watched.method_info["jit"]["main"]
+    assert report["path"] == "eager" and report["reason"].startswith("callbacks may change")
+    np.testing.assert_array_equal(
+        watched.losses,
+        ppl_vi.fit(
+            normal_normal.model, **DATA, num_steps=AUTO_STEPS + 50, **options, jit=False
+        ).losses,
+    )
