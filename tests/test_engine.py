@@ -215,3 +215,21 @@ def test_auto_compiles_from_exactly_auto_steps_to_go_and_not_with_callbacks():
             normal_normal.model, **DATA, num_steps=AUTO_STEPS + 50, **options, jit=False
         ).losses,
     )
+
+
+def test_the_final_phase_returns_the_average_of_its_iterates():
+    # Polyak averaging: the fitted parameters are the mean of the live parameters after each
+    # step of the final phase (and differ from the last iterate)
+    engine = Engine(
+        normal_normal.model, "mean_field", "elbo", policies=[Polish(fraction=0.5)], seed=0
+    )
+    state = engine.init(**DATA)
+    iterates = []
+    for st in engine.run(state, 20):
+        if st.phase == "polish":
+            iterates.append({n: v.detach().clone() for n, v in st.params.items()})
+    assert len(iterates) == 10 and state.phase == "done"
+    for name, value in state.params.items():
+        mean = torch.stack([it[name] for it in iterates]).mean(0)
+        torch.testing.assert_close(value.detach(), mean, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(value.detach(), iterates[-1][name])
