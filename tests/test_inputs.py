@@ -382,3 +382,24 @@ def test_the_data_check_ignores_entries_masked_in_the_distribution():
             DataError, match=r"outside the support of its Poisson .* \(value -1.0\)"
         ):
             check_observed(trace, model, (y,), {})
+
+
+def test_a_non_finite_input_that_reaches_the_log_density_is_named_before_training():
+    def model(x, y, unused):  # x: per-datum noise scales (an infinite scale is a valid one)
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(w, x), obs=y)
+
+    x, y = torch.ones(5), torch.zeros(5)
+    bad = x.clone()
+    bad[3] = float("inf")
+    with pytest.raises(
+        DataError,
+        match=r"log density is not finite on its data: argument 'x' has 1 non-finite values, "
+        r"first at .*3.*\. Remove or impute missing values",
+    ):
+        ppl_vi.fit(model, bad, y, torch.zeros(2), num_steps=5, progress=False)
+    # a NaN that the log density never sees is not an error
+    unused = torch.tensor([float("nan"), 0.0])
+    result = ppl_vi.fit(model, x, y, unused, num_steps=5, progress=False)
+    assert np.isfinite(result.losses).all()
