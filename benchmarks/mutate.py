@@ -248,14 +248,27 @@ def check_unmutated(rel: str, source: str, lines_map: dict, durations: dict, log
         )
 
 
+#: pytest's exit codes: 1 a test failed; 2 an error while collecting and 4 an error loading a
+#: conftest (a mutant that breaks an import, e.g. a default argument evaluated at import): the
+#: mutant is detected by any test run (``check_unmutated`` rules out the selection's fault).
+OUTCOMES = {0: "survived", 1: "killed", 2: "killed (error)", 4: "killed (error)", 5: "no tests"}
+
+
 def classify(status: int | None) -> str:
-    """pytest's exit code -> outcome: 1 (a test failed) and 2 (an error while collecting, e.g.
-    a mutant that breaks an import) kill the mutant, as does the timeout."""
+    """pytest's exit code (None: timed out, which kills the mutant) -> outcome."""
     if status is None:
         return "killed (timeout)"
-    return {0: "survived", 1: "killed", 2: "killed (error)", 5: "no tests"}.get(
-        status, f"error ({status})"
-    )
+    return OUTCOMES.get(status, f"error ({status})")
+
+
+def rescore(rel: str) -> dict:
+    """Rewrite a module's report from its JSON with the current ``OUTCOMES``."""
+    name = rel.replace("/", ".").removesuffix(".py")
+    saved = json.loads((RESULTS / f"{name}.json").read_text())
+    for m in saved["mutants"]:
+        if m["outcome"].startswith("error ("):
+            m["outcome"] = classify(int(m["outcome"][7:-1]))
+    return report(rel, saved["mutants"], saved["seconds"])
 
 
 def run_module(rel: str, cov: dict, args) -> dict:
@@ -359,12 +372,17 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=120.0, help="kill a mutant's tests after")
     parser.add_argument("--limit", type=int, default=0, help="first N mutants per module")
     parser.add_argument("--map-only", action="store_true", help="only build the coverage map")
+    parser.add_argument("--rescore", action="store_true", help="rewrite the reports from JSON")
     parser.add_argument(
         "--map-tests", nargs="*", default=[], help="map from these tests only (quick runs)"
     )
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the children run pytest from the repository root
     modules = TARGETS if args.all or not args.modules else args.modules
+    if args.rescore:
+        done = [r for r in modules if (RESULTS / f"{r.replace('/', '.')[:-3]}.json").exists()]
+        summaries = [rescore(rel) for rel in done]
+        return write_summary(summaries)
     cov = build_map(args.workers, args.map_tests)
     if args.map_only:
         return
@@ -374,7 +392,10 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    summaries = [run_module(rel, cov, args) for rel in modules]
+    write_summary([run_module(rel, cov, args) for rel in modules])
+
+
+def write_summary(summaries: list) -> None:
     path = RESULTS / "summary.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update({s["module"]: s for s in summaries})

@@ -50,6 +50,6 @@ def test_outcomes_and_module_names():
     assert mutate.classify(0) == "survived"
     assert mutate.classify(1) == "killed" and mutate.classify(None) == "killed (timeout)"
     assert mutate.classify(2) == "killed (error)" and mutate.classify(5) == "no tests"
-    assert mutate.classify(3) == "error (3)"
+    assert mutate.classify(3) == "error (3)" and mutate.classify(4) == "killed (error)"
     assert mutate.module_name("guides/iaf.py") == "ppl_vi.guides.iaf"
     assert mutate.module_name("ppl_vi/elbos/iwae.py") == "ppl_vi.elbos.iwae"
