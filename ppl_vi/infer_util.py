@@ -400,6 +400,16 @@ def is_user_file(filename: str | None) -> bool:
         return True
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller point at the first frame
+    outside the libraries (the user's line), however many library frames lie between (a
+    decorator, a generator driven by ``fit``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and not is_user_file(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
+
+
 def place(filename: str, lineno: int) -> str:
     """``file.py:12`` without the folder (no machine paths in messages); a notebook cell (an
     IPython temporary file) is ``notebook cell, line 12``."""

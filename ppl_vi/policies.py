@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ppl_vi.errors import FitError
 from ppl_vi.fingerprint import code_digest
+from ppl_vi.infer_util import user_stacklevel
 
 __all__ = [
     "Callbacks",
@@ -420,5 +421,5 @@ def warn_final_phase_failed(step: int, main_end: int | None, err: BaseException)
         f"the final phase failed at step {step + 1} ({type(err).__name__}: {first[:200]}); "
         f"returning the fit as of step {step}{where}",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )

@@ -315,13 +315,21 @@ def test_a_failing_final_phase_returns_the_main_phase_with_a_warning():
             pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     # the final phase's 16-particle ELBO is batched; the model breaks on unbatched draws there
-    with pytest.warns(
-        RuntimeWarning, match=r"the final phase failed at step \d+ .*returning the fit"
-    ):
+    with pytest.warns(RuntimeWarning, match=r"the final phase failed") as record:
         result = ppl_vi.fit(
             model, torch.zeros(3), callbacks=[watch], polish=ppl_vi.Polish(num_particles=1), **QUICK
         )
     assert 80 <= result.num_steps < 100
+    (warning,) = [w for w in record if "final phase" in str(w.message)]
+    # the phase's first step ran (the callback sees the phase after it), its second failed
+    n = result.num_steps
+    text = str(warning.message)
+    assert text.startswith(
+        f"the final phase failed at step {n + 1} (FitError: step {n + 1} failed (RuntimeError: "
+        "breaks in the final phase only) at test_inputs.py:"
+    )
+    assert text.endswith(f"returning the fit as of step {n} (the main phase ended at step {n - 1})")
+    assert warning.filename == __file__  # it points at the caller's line
 
 
 # ------------------------------------------------------------------ k-hat from too few draws
