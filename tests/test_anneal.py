@@ -57,13 +57,13 @@ def clean_store():
 def annealed_loss(elbo, seed: int, beta: float):
     pyro.set_rng_seed(seed)
     record = [0.0]
-    loss = elbo.loss(
-        annealed(model, lambda: beta, 1.0, record), annealed(guide, lambda: beta, -1.0, record), X
+    loss = elbo.loss(  # (the model's sign is the default, +1)
+        annealed(model, lambda: beta, record=record), annealed(guide, lambda: beta, -1.0, record), X
     )
     return loss, record[0] / elbo.num_particles  # (summed over the particles)
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0, 2.5])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0, 2.0, 2.5])
 def test_beta_scales_exactly_the_latent_terms_on_the_same_draw(beta):
     # the subsampled plate's N / B scale stays on every site; only latent sites get beta
     expected, full = by_hand(7, beta)
@@ -106,10 +106,13 @@ def test_mean_field_elbo_anneals_its_analytic_kl():
 @pytest.mark.parametrize(
     "elbo",
     [
-        cls(max_plate_nesting=1)  # (a guessed nesting would run the model once, drawing)
-        for cls in (Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO, RBScoreFunctionELBO)
+        *(
+            cls(max_plate_nesting=1)  # (a guessed nesting would run the model once, drawing)
+            for cls in (Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO, RBScoreFunctionELBO)
+        ),
+        Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
     ],
-    ids=["trace", "graph", "meanfield", "rb"],
+    ids=["trace", "graph", "meanfield", "rb", "trace-3-particles"],
 )
 def test_an_annealed_step_reports_the_elbo_of_its_own_draws(elbo):
     # the full loss equals the unannealed loss on the same seed, and the annealed loss is linear
@@ -166,6 +169,19 @@ def test_linear_warmup_and_schedule_checks():
     assert policy.warmup_end() == 3
     with pytest.raises(ValueError, match=r"linear warm-up needs an integer number of steps >= 1"):
         linear_warmup(0)
+    with pytest.raises(ValueError, match=r"linear warm-up needs an integer number of steps >= 1"):
+        linear_warmup(True)
+    # beyond the checked steps the schedule is asked directly; warm-up ends
+    assert policy.beta(10) == 1.0 and KLAnnealing(lambda t: 0.5).beta(3) == 0.5
+    never = KLAnnealing(lambda t: 0.5)
+    never.check(4)
+    assert never.warmup_end() == 4 and never.beta(4) == 0.5
+    ones = KLAnnealing(lambda t: 1.0)
+    ones.check(4)
+    assert ones.warmup_end() == 0
+    first = KLAnnealing(lambda t: 0.0 if t == 0 else 1.0)
+    first.check(4)
+    assert first.warmup_end() == 1
     with pytest.raises(TypeError, match=r"kl_anneal must be an integer .* or a callable"):
         KLAnnealing("linear")
     with pytest.raises(ValueError, match=r"kl_anneal\(2\) returned -1.0: .* finite and >= 0"):
@@ -262,3 +278,35 @@ def _wrapped_iwae():
     w = Wrapper()
     w.elbo = IWAE(num_particles=2)
     return w
+
+
+def test_masked_latent_sites_are_recorded_with_their_mask():
+    keep = torch.tensor([True, False, True, True, False])
+
+    def masked_model(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 2.0))
+        with pyro.plate("data", N, subsample_size=B), poutine.mask(mask=keep):
+            pyro.sample("z", dist.Normal(mu, 1.0))
+
+    def masked_guide(x):
+        pyro.sample("mu", dist.Normal(torch.tensor(0.3, dtype=x.dtype), 0.7))
+        with pyro.plate("data", N, subsample_size=B), poutine.mask(mask=keep):
+            pyro.sample("z", dist.Normal(torch.zeros(B, dtype=x.dtype), 0.4))
+
+    for beta in (0.0, 0.5):
+        record = [0.0]
+        pyro.set_rng_seed(4)
+        with LatentScale(lambda b=beta: b, record=record):
+            tr = poutine.trace(masked_model).get_trace(X)
+        site = tr.nodes["z"]
+        lp = site["fn"].log_prob(site["value"])
+        expected = (N / B) * lp[keep].sum() + tr.nodes["mu"]["fn"].log_prob(tr.nodes["mu"]["value"])
+        assert record[0] == pytest.approx(expected.item(), abs=1e-10)
+
+
+def test_the_annealed_pair_is_built_once_per_model_and_guide():
+    policy = KLAnnealing(3)
+    a = policy._wrapped(model, guide)
+    assert policy._wrapped(model, guide) == a  # the same functions: an ELBO's caches hold
+    b = policy._wrapped(model, lambda x: guide(x))
+    assert b[0] is not a[0] and policy._wrapped(model, guide)[0] is not a[0]
