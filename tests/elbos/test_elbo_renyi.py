@@ -226,3 +226,24 @@ def test_bad_alpha_is_rejected(alpha, error, match):
 def test_bad_num_particles_is_rejected():
     with pytest.raises(ValueError, match=r"num_particles must be an integer >= 1 \(got 2.5\)"):
         RenyiELBO(num_particles=2.5)
+
+
+def test_defaults_are_the_documented_iwae_bound_with_eight_particles():
+    lw = torch.randn(5, 3, dtype=torch.float64)
+    iwae = torch.logsumexp(lw, 0) - math.log(5)
+    torch.testing.assert_close(renyi_bound(lw), iwae, rtol=0, atol=1e-12)
+    elbo = RenyiELBO()
+    assert elbo.alpha == 0.0 and elbo.num_particles == 8 and elbo.vectorize_particles
+    assert elbo.strict_enumeration_warning
+
+
+def test_the_final_phase_keeps_the_number_of_particles_that_defines_the_bound():
+    # K is part of a Rényi/IWAE objective: the final phase must not raise it (it does for the
+    # ELBO, whose value does not depend on K)
+    from ppl_vi import Engine, Polish
+
+    data = normal_normal.load_data()
+    for name, has_polish_elbo in (("renyi", False), ("iwae", False), ("elbo", True)):
+        engine = Engine(normal_normal.model, "mean_field", name, policies=[Polish()], seed=0)
+        engine.init(**data)
+        assert ("polish" in engine.elbos) is has_polish_elbo, name
