@@ -448,3 +448,28 @@ def test_dreg_replays_the_mini_batch_of_a_subsampled_plate(vectorize):
     grad = pyro.param("loc").unconstrained().grad
     assert math.isfinite(loss)
     assert int((grad != 0).sum()) == 4
+
+
+@pytest.mark.parametrize("gradient", ["dreg", "stl"])
+def test_a_guide_with_randomness_outside_its_sites_is_refused_under_validation(gradient):
+    # the path estimators replay the guide at its draws; a guide whose density depends on an
+    # extra random number (here a small shift of the location, so that log q moves by ~1e-2,
+    # far above the check's 1e-5 tolerance) gives another log q there
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("mu", dist.Normal(loc + 0.01 * torch.randn(()), 1.0))
+
+    x = torch.zeros(3)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    elbo = IWAE(num_particles=4, gradient=gradient)
+    with pytest.raises(ValueError, match=r"replays the guide at its drawn values, but the replay"):
+        elbo.loss_and_grads(model, guide, x)
+    with pyro.validation_enabled(False):
+        elbo.loss_and_grads(model, guide, x)  # the check costs a comparison: validation only
+    pyro.clear_param_store()
