@@ -328,6 +328,8 @@ def run_module(rel: str, cov: dict, args) -> dict:
 
 
 def report(rel: str, results: list, seconds: float) -> dict:
+    for m in results:  # the report keeps how many tests ran, not their names
+        m["num_tests"] = len(m.pop("tests", ())) if "tests" in m else m.get("num_tests", 0)
     counts: dict = {}
     for m in results:
         key = m["outcome"].split(" ")[0]
@@ -351,14 +353,14 @@ def report(rel: str, results: list, seconds: float) -> dict:
         if m["outcome"] in ("survived", "no tests"):
             lines += [
                 f"- line {m['lines'][0]}, {m['operator'].split('/')[-1]} "
-                f"({m['outcome']}; {len(m.get('tests', []))} tests)",
+                f"({m['outcome']}; {m['num_tests']} tests)",
                 "  ```diff",
                 *("  " + d for d in m["diff"].rstrip("\n").splitlines()),
                 "  ```",
             ]
     name = rel.replace("/", ".").removesuffix(".py")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps({**summary, "mutants": results}, indent=1))
+    (RESULTS / f"{name}.json").write_text(json.dumps({**summary, "mutants": results}))
     print(f"{rel}: score {score:.1%} {counts} in {seconds:.0f} s", flush=True)
     return summary
 

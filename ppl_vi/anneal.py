@@ -123,7 +123,8 @@ class LatentScale(Messenger):
             log_prob = msg["fn"].log_prob(msg["value"])
             if mask is not None and mask is not True:
                 log_prob = torch.where(torch.as_tensor(mask), log_prob, 0.0)
-            self.record[0] = self.record[0] + self.sign * float((scale * log_prob).sum())
+            # (a tensor sum: one host copy per step, where the caller reads it, not one per site)
+            self.record[0] = self.record[0] + self.sign * (scale * log_prob).sum()
 
 
 def annealed(fn: Callable, beta: Callable[[], float], sign: float = 1.0, record=None):
@@ -274,7 +275,7 @@ class KLAnnealing(Policy):
         before = rng_state(device)
         loss = float(elbo.loss_and_grads(wrapped_model, wrapped_guide, *args, **kwargs))
         if type(elbo) in (Trace_ELBO, TraceGraph_ELBO):
-            return loss, loss + (beta - 1.0) * self._record[0] / elbo.num_particles
+            return loss, loss + (beta - 1.0) * float(self._record[0]) / elbo.num_particles
         after = rng_state(device)
         set_rng_state(before)
         try:

@@ -63,7 +63,10 @@ class BatchingReport:
 
 
 _HINT_IF = "replace Python `if`/`while` on tensors with torch.where(cond, a, b)"
-_HINT_MATMUL = "write matrix-vector products as (X * w).sum(-1), which broadcasts over batches"
+_HINT_MATMUL = (
+    "write matrix-vector products as w @ X.mT (one matrix product; (X * w).sum(-1) also "
+    "broadcasts but builds an N x D temporary), which broadcasts over batches"
+)
 _HINT_REDUCE = "reduce over the dims of one draw only: w.sum(-1), not w.sum()"
 _HINT_INDEX = (
     "declare per-group parameters in a plate (with pyro.plate('groups', G): alpha = "

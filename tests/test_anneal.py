@@ -60,7 +60,7 @@ def annealed_loss(elbo, seed: int, beta: float):
     loss = elbo.loss(  # (the model's sign is the default, +1)
         annealed(model, lambda: beta, record=record), annealed(guide, lambda: beta, -1.0, record), X
     )
-    return loss, record[0] / elbo.num_particles  # (summed over the particles)
+    return loss, float(record[0]) / elbo.num_particles  # (summed over the particles)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0, 2.0, 2.5])
@@ -157,7 +157,7 @@ def test_latent_scale_leaves_observed_and_factor_sites_alone():
     assert tr.nodes["b"]["scale"] == 1.0 and tr.nodes["f"]["scale"] == 1.0
     # the record holds the unannealed latent log density, with a + sign by default
     expected = dist.Normal(0.0, 1.0).log_prob(tr.nodes["a"]["value"]).item()
-    assert record[0] == pytest.approx(expected, abs=1e-6)
+    assert float(record[0]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_linear_warmup_and_schedule_checks():
@@ -301,7 +301,7 @@ def test_masked_latent_sites_are_recorded_with_their_mask():
         site = tr.nodes["z"]
         lp = site["fn"].log_prob(site["value"])
         expected = (N / B) * lp[keep].sum() + tr.nodes["mu"]["fn"].log_prob(tr.nodes["mu"]["value"])
-        assert record[0] == pytest.approx(expected.item(), abs=1e-10)
+        assert float(record[0]) == pytest.approx(expected.item(), abs=1e-10)
 
 
 def test_the_annealed_pair_is_built_once_per_model_and_guide():
