@@ -19,6 +19,17 @@ at once and a mutant costs its tests plus ~1 s.
     python benchmarks/mutate.py ppl_vi/engine.py guides/iaf.py   # per-module runs
     python benchmarks/mutate.py --all                             # every module of the issue
     python benchmarks/mutate.py --map-only                        # (re)build the coverage map
+    python benchmarks/mutate.py --survivors ppl_vi/engine.py      # rerun only last survivors
+    python benchmarks/mutate.py guides/iaf.py --lines 80-95 --tests tests/guides/test_iaf.py
+                                               # probe: do these tests kill these lines' mutants?
+
+``--survivors`` reruns only the mutants that survived (or had no tests) in the module's last
+report, keeping its killed ones, as long as the module's source is unchanged (each kept mutant's
+diff is recomputed and must match; a changed module is run whole): after adding tests, a killed
+mutant stays killed, so the new score costs only the survivors. Modules whose code also runs in
+worker processes (``SUBPROCESS_TESTS``, the data-parallel ranks) get the mutant there too: the
+child writes the mutated source to a file and ``benchmarks/_mutant_site/sitecustomize.py``
+installs the same import hook in every Python process the tests start.
 
 Writes ``benchmarks/results/mutation/<module>.md`` (score, every surviving mutant with its diff)
 and ``benchmarks/results/mutation/summary.json``. Killed = some selected test failed (or the
@@ -32,8 +43,6 @@ import argparse
 import ast
 import difflib
 import hashlib
-import importlib.abc
-import importlib.util
 import json
 import os
 import signal
@@ -43,6 +52,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # also when loaded by path (its tests)
+from _mutant_hook import ENV, MutatedModule  # noqa: E402
+
 CACHE = ROOT / ".mutation"
 RESULTS = Path(__file__).parent / "results" / "mutation"
 #: The modules the issue names: engine, ELBOs, results and diagnostics, compare, jit, guides.
@@ -194,24 +206,6 @@ def select_tests(
 
 
 # --------------------------------------------------------------------------------- running
-class _MutatedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves one module's mutated source from memory (the file is left alone)."""
-
-    def __init__(self, name: str, path: Path, source: str):
-        self.name, self.path, self.source = name, path, source
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
-            return None
-        return importlib.util.spec_from_file_location(fullname, self.path, loader=self)
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        exec(compile(self.source, str(self.path), "exec"), module.__dict__)  # noqa: S102
-
-
 def module_name(rel: str) -> str:
     parts = Path(rel).with_suffix("").parts
     if parts[0] in ("guides", "models"):
@@ -219,14 +213,30 @@ def module_name(rel: str) -> str:
     return ".".join(parts)
 
 
+#: Folder whose ``sitecustomize.py`` serves the mutant in processes the tests spawn.
+MUTANT_SITE = Path(__file__).parent / "_mutant_site"
+
+
 def run_child(rel: str, source: str, tests: list, log: Path) -> None:
-    """In the forked child: import the mutant, run the tests, exit with pytest's code."""
+    """In the forked child: import the mutant, run the tests, exit with pytest's code. The
+    child leads its own process group, so a timeout kills the ranks it spawned too."""
     import pytest
 
+    os.setpgid(0, 0)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.meta_path.insert(0, _MutatedModule(module_name(rel), ROOT / rel, source))
+    sys.meta_path.insert(0, MutatedModule(module_name(rel), ROOT / rel, source))
+    if rel in SUBPROCESS_TESTS:
+        source_file = log.with_suffix(".py")
+        source_file.write_text(source)
+        values = (module_name(rel), str(ROOT / rel), str(source_file))
+        os.environ.update(zip(ENV, values, strict=True))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p
+            for p in (str(MUTANT_SITE), str(Path(__file__).parent), os.environ.get("PYTHONPATH"))
+            if p
+        )
     code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests])
     os._exit(int(code))
 
@@ -271,6 +281,35 @@ def rescore(rel: str) -> dict:
     return report(rel, saved["mutants"], saved["seconds"])
 
 
+def diff_of(source: str, code: str) -> str:
+    return "".join(
+        line
+        for line in difflib.unified_diff(source.splitlines(True), code.splitlines(True), n=0)
+        if not line.startswith(("---", "+++"))
+    )
+
+
+def kept_killed(rel: str, path: Path, source: str, todo: list) -> dict:
+    """For ``--survivors``: index in ``todo`` -> the last report's result, for the mutants it
+    killed or marked equivalent, provided the module is unchanged (every mutant of the report recomputes to the
+    same diff); ``{}`` when there is no report or the source changed."""
+    saved_path = RESULTS / f"{rel.replace('/', '.').removesuffix('.py')}.json"
+    if not saved_path.exists():
+        return {}
+    saved = json.loads(saved_path.read_text())["mutants"]
+    key = {(m["operator"], m["occurrence"]): i for i, m in enumerate(todo)}
+    if len(saved) != len(todo) or any((m["operator"], m["occurrence"]) not in key for m in saved):
+        print(f"{rel}: changed since its last report, every mutant runs", flush=True)
+        return {}
+    for m in saved:
+        code = mutated_source(path, m)
+        if code is None or diff_of(source, code) != m["diff"]:
+            print(f"{rel}: changed since its last report, every mutant runs", flush=True)
+            return {}
+    return {key[(m["operator"], m["occurrence"])]: m for m in saved
+            if m["outcome"].startswith(("killed", "equivalent"))}  # fmt: skip
+
+
 def run_module(rel: str, cov: dict, args) -> dict:
     path = ROOT / rel
     source = path.read_text()
@@ -279,12 +318,16 @@ def run_module(rel: str, cov: dict, args) -> dict:
     todo = mutants(path)
     if args.limit:
         todo = todo[: args.limit]
-    print(f"{rel}: {len(todo)} mutants", flush=True)
-    results, running = [], {}
+    if args.lines:  # a probe: these lines' mutants only, reported on the terminal
+        lo, _, hi = args.lines.partition("-")
+        todo = [m for m in todo if int(lo) <= m["lines"][0] <= int(hi or lo)]
+    kept = kept_killed(rel, path, source, todo) if args.survivors else {}
+    print(f"{rel}: {len(todo)} mutants, {len(todo) - len(kept)} to run", flush=True)
+    results, running = list(kept.values()), {}
     log_dir = CACHE / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     check_unmutated(rel, source, lines_map, cov["durations"], log_dir)
-    queue = list(enumerate(todo))
+    queue = [(i, m) for i, m in enumerate(todo) if i not in kept]
     start = time.perf_counter()
     while queue or running:
         while queue and len(running) < args.workers:
@@ -292,14 +335,8 @@ def run_module(rel: str, cov: dict, args) -> dict:
             code = mutated_source(path, m)
             if code is None:
                 continue
-            m["diff"] = "".join(
-                line
-                for line in difflib.unified_diff(
-                    source.splitlines(True), code.splitlines(True), n=0
-                )
-                if not line.startswith(("---", "+++"))
-            )
-            m["tests"] = select_tests(
+            m["diff"] = diff_of(source, code)
+            m["tests"] = args.tests or select_tests(
                 lines_map, spans, m["lines"], cov["durations"], args.budget,
                 SUBPROCESS_TESTS.get(rel, ()),
             )  # fmt: skip
@@ -317,19 +354,70 @@ def run_module(rel: str, cov: dict, args) -> dict:
             if done:
                 m["outcome"] = classify(os.waitstatus_to_exitcode(status))
             elif time.monotonic() - t0 > args.timeout:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # the group's leader exited meanwhile
+                    os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 m["outcome"] = classify(None)
             else:
                 continue
             m["seconds"] = round(time.monotonic() - t0, 2)
             results.append(running.pop(pid)[0])
+    if args.lines or args.tests:  # a probe writes no report
+        for m in sorted(results, key=lambda m: m["lines"]):
+            print(f"line {m['lines'][0]} {m['operator']}: {m['outcome']}\n{m['diff']}")
+        return None
     return report(rel, results, time.perf_counter() - start)
+
+
+#: Survivors argued equivalent (no test can tell them from the original): module, the
+#: mutant's changed lines and the argument, one per entry.
+EQUIVALENTS = Path(__file__).parent / "mutation_equivalents.toml"
+
+
+def diff_key(diff: str) -> str:
+    """A mutant's changed lines without the ``@@`` positions (stable as code moves)."""
+    return "\n".join(d.rstrip() for d in diff.splitlines() if not d.startswith("@@"))
+
+
+def load_equivalents(rel: str) -> dict:
+    """``diff_key`` -> the argument, for ``rel``'s mutants listed as equivalent."""
+    import tomllib
+
+    if not EQUIVALENTS.exists():
+        return {}
+    entries = tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", [])
+    return {diff_key(e["diff"]): e["why"] for e in entries if e["module"] == rel}
+
+
+def mark_equivalents(rel: str, results: list) -> None:
+    """Survivors whose diff is listed in ``EQUIVALENTS`` become ``equivalent`` (a listed mutant
+    that some test kills stays killed); listed entries that match no mutant are reported."""
+    argued = load_equivalents(rel)
+    seen = set()
+    for m in results:
+        key = diff_key(m.get("diff", ""))
+        if key in argued:
+            seen.add(key)
+            if m["outcome"] in ("survived", "no tests", "equivalent"):
+                m["outcome"], m["why"] = "equivalent", argued[key]
+        elif m["outcome"] == "equivalent":  # listed before, no longer: a survivor again
+            m["outcome"] = "survived"
+    for key in set(argued) - seen:
+        print(f"{rel}: listed as equivalent but no such mutant:\n{key}", flush=True)
+
+
+def _entry(m: dict) -> list:
+    head = f"- line {m['lines'][0]}, {m['operator'].split('/')[-1]} ({m['outcome']}; "
+    head += f"{m['num_tests']} tests)" + (f": {m['why']}" if m.get("why") else "")
+    return [head, "  ```diff", *("  " + d for d in m["diff"].rstrip("\n").splitlines()), "  ```"]
 
 
 def report(rel: str, results: list, seconds: float) -> dict:
     for m in results:  # the report keeps how many tests ran, not their names
         m["num_tests"] = len(m.pop("tests", ())) if "tests" in m else m.get("num_tests", 0)
+    mark_equivalents(rel, results)
     counts: dict = {}
     for m in results:
         key = m["outcome"].split(" ")[0]
@@ -337,27 +425,29 @@ def report(rel: str, results: list, seconds: float) -> dict:
     killed = counts.get("killed", 0)  # (timeouts and collection errors included)
     scored = killed + counts.get("survived", 0) + counts.get("no", 0)
     score = killed / scored if scored else float("nan")
+    raw = killed / len(results) if results else float("nan")
     summary = {"module": rel, "mutants": len(results), "counts": counts,
-               "score": round(score, 4), "seconds": round(seconds, 1)}  # fmt: skip
+               "score": round(score, 4), "raw_score": round(raw, 4),
+               "seconds": round(seconds, 1)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# Mutation testing: `{rel}`",
         "",
-        f"{len(results)} mutants, score {score:.1%} (killed / (killed + survived + no tests)); "
+        f"{len(results)} mutants, score {score:.1%} (killed / (killed + survived + no tests); "
+        f"{raw:.1%} of all mutants, those argued equivalent counted as survivors); "
         f"{', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}; {seconds:.0f} s.",
         "",
         "## Surviving mutants",
         "",
     ]
-    for m in sorted(results, key=lambda m: m["lines"]):
+    ordered = sorted(results, key=lambda m: m["lines"])
+    for m in ordered:
         if m["outcome"] in ("survived", "no tests"):
-            lines += [
-                f"- line {m['lines'][0]}, {m['operator'].split('/')[-1]} "
-                f"({m['outcome']}; {m['num_tests']} tests)",
-                "  ```diff",
-                *("  " + d for d in m["diff"].rstrip("\n").splitlines()),
-                "  ```",
-            ]
+            lines += _entry(m)
+    lines += ["", f"## Equivalent mutants (argued in `{EQUIVALENTS.name}`)", ""]
+    for m in ordered:
+        if m["outcome"] == "equivalent":
+            lines += _entry(m)
     name = rel.replace("/", ".").removesuffix(".py")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps({**summary, "mutants": results}))
@@ -375,6 +465,13 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="first N mutants per module")
     parser.add_argument("--map-only", action="store_true", help="only build the coverage map")
     parser.add_argument("--rescore", action="store_true", help="rewrite the reports from JSON")
+    parser.add_argument("--lines", default="", help="probe: mutants on lines A-B only, no report")
+    parser.add_argument(
+        "--tests", nargs="*", default=[], help="probe: run these tests for every mutant, no report"
+    )
+    parser.add_argument(
+        "--survivors", action="store_true", help="rerun only the last report's survivors"
+    )
     parser.add_argument(
         "--map-tests", nargs="*", default=[], help="map from these tests only (quick runs)"
     )
@@ -385,7 +482,7 @@ def main(argv=None):
         done = [r for r in modules if (RESULTS / f"{r.replace('/', '.')[:-3]}.json").exists()]
         summaries = [rescore(rel) for rel in done]
         return write_summary(summaries)
-    cov = build_map(args.workers, args.map_tests)
+    cov = {"files": {}, "durations": {}} if args.tests else build_map(args.workers, args.map_tests)
     if args.map_only:
         return
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -394,12 +491,16 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    write_summary([run_module(rel, cov, args) for rel in modules])
+    summaries = [run_module(rel, cov, args) for rel in modules]
+    write_summary([s for s in summaries if s is not None])
 
 
 def write_summary(summaries: list) -> None:
     path = RESULTS / "summary.json"
     old = json.loads(path.read_text()) if path.exists() else {}
+    for s in summaries:  # the first recorded score stays, for before/after comparisons
+        first = old.get(s["module"], {})
+        s["first_score"] = first.get("first_score", first.get("score", s["score"]))
     old.update({s["module"]: s for s in summaries})
     path.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
 

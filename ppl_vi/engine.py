@@ -131,10 +131,8 @@ class TrainState:
         if self.avg is None:
             self.avg = {}
         avgs, values = [], []
-        for p in params:
+        for p in params:  # (the step's parameters, all from the store)
             name = store.param_name(p)
-            if name is None:
-                continue
             if name not in self.avg:
                 self.avg[name] = p.detach().clone()
             avgs.append(self.avg[name])
@@ -146,7 +144,7 @@ class TrainState:
     def final_params(self) -> dict:
         """Copies of the fitted parameters: the averages where the final phase averaged."""
         out = {name: value.detach().clone() for name, value in self.params.items()}
-        if self.phase != "done" and self.avg and self.avg_count:
+        if self.phase != "done" and self.avg:
             for name, value in self.avg.items():
                 if name in out:
                     out[name] = value.detach().clone()
@@ -154,7 +152,7 @@ class TrainState:
 
     def finalize(self) -> None:
         """Mark the fit finished and write the averages into the live parameters."""
-        if self.phase != "done" and self.avg and self.avg_count:
+        if self.phase != "done" and self.avg:
             with torch.no_grad():
                 for name, value in self.avg.items():
                     if name in self.params:

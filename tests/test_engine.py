@@ -233,3 +233,50 @@ def test_the_final_phase_returns_the_average_of_its_iterates():
         mean = torch.stack([it[name] for it in iterates]).mean(0)
         torch.testing.assert_close(value.detach(), mean, rtol=1e-6, atol=1e-7)
         assert not torch.equal(value.detach(), iterates[-1][name])
+
+
+def _unconstrained(state=None):
+    if state is not None:
+        return {n: v.detach().clone() for n, v in state.params.items()}
+    store = pyro.get_param_store()  # (a callback sees the fit's store)
+    return {n: store._params[n].detach().clone() for n in store.keys()}
+
+
+def test_ctrl_c_in_the_final_phase_returns_the_average_so_far():
+    iterates = []
+
+    def record_then_interrupt(state):
+        if state.phase == "polish":
+            iterates.append(_unconstrained())
+            if len(iterates) == 4:
+                raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="fit interrupted at step 14 of 20"):
+        result = ppl_vi.fit(
+            normal_normal.model, **DATA, num_steps=20, polish=Polish(fraction=0.5),
+            callbacks=[record_then_interrupt], convergence=None, progress=False, seed=0,
+        )  # fmt: skip
+    assert result.interrupted and len(iterates) == 4
+    with result.param_scope():
+        store = pyro.get_param_store()
+        for name in store.keys():
+            mean = torch.stack([it[name] for it in iterates]).mean(0)
+            torch.testing.assert_close(store._params[name].detach(), mean, rtol=1e-6, atol=1e-7)
+            assert not torch.equal(store._params[name].detach(), iterates[-1][name])
+
+
+def test_an_extended_fit_averages_only_the_new_final_phase():
+    engine = Engine(
+        normal_normal.model, "mean_field", "elbo", policies=[Polish(fraction=0.25)], seed=0
+    )
+    state = engine.init(**DATA)
+    for _ in engine.run(state, 20):
+        pass
+    state.converged = True  # as if the stopping rule had fired in the first run
+    state.reopen(40)
+    assert (state.phase, state.converged, state.end, state.avg) == ("main", False, 40, None)
+    iterates = [_unconstrained(s) for s in engine.run(state, 40) if s.phase == "polish"]
+    assert len(iterates) == 10 and state.step == 40
+    for name, value in state.params.items():
+        mean = torch.stack([it[name] for it in iterates]).mean(0)
+        torch.testing.assert_close(value.detach(), mean, rtol=1e-6, atol=1e-7)

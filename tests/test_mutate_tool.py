@@ -53,3 +53,67 @@ def test_outcomes_and_module_names():
     assert mutate.classify(3) == "error (3)" and mutate.classify(4) == "killed (error)"
     assert mutate.module_name("guides/iaf.py") == "ppl_vi.guides.iaf"
     assert mutate.module_name("ppl_vi/elbos/iwae.py") == "ppl_vi.elbos.iwae"
+
+
+def test_processes_the_tests_spawn_import_the_mutant_named_in_the_environment(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    source = tmp_path / "mutant.py"
+    source.write_text("VALUE = 42\n")
+    env = {**os.environ, "PYTHONPATH": f"{mutate.MUTANT_SITE}{os.pathsep}{ROOT / 'benchmarks'}"}
+    env.update(zip(mutate.ENV, ("probe_mod", str(tmp_path / "probe_mod.py"), str(source))))
+    cmd = [sys.executable, "-c", "import probe_mod; print(probe_mod.VALUE)"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "42", out.stderr
+    env.pop("PPL_VI_MUTANT_MODULE")  # without the name, nothing is served
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=60).returncode != 0
+
+
+def test_survivor_reruns_keep_killed_mutants_only_while_the_source_is_unchanged(
+    tmp_path, monkeypatch
+):
+    import json
+
+    module = tmp_path / "mod.py"
+    module.write_text(SOURCE)
+    monkeypatch.setattr(mutate, "RESULTS", tmp_path)
+    todo = mutate.mutants(module)
+    assert len(todo) >= 3
+    saved = []
+    for i, m in enumerate(todo):
+        diff = mutate.diff_of(SOURCE, mutate.mutated_source(module, m))
+        saved.append({**m, "diff": diff, "outcome": "survived" if i == 0 else "killed"})
+    (tmp_path / "mod.json").write_text(json.dumps({"mutants": saved}))
+    kept = mutate.kept_killed("mod.py", module, SOURCE, todo)
+    assert sorted(kept) == list(range(1, len(todo)))  # the survivor (index 0) reruns
+    changed = SOURCE.replace("a + 1", "a + 2")  # same mutants, other diffs
+    module.write_text(changed)
+    assert len(mutate.mutants(module)) == len(todo)
+    assert mutate.kept_killed("mod.py", module, changed, todo) == {}
+
+
+def test_mutants_argued_equivalent_leave_the_score_but_a_killed_one_stays_killed(
+    tmp_path, monkeypatch
+):
+    registry = tmp_path / "eq.toml"
+    registry.write_text(
+        '[[equivalent]]\nmodule = "m.py"\ndiff = """\n-X = 1\n+X = 2\n"""\nwhy = "unused"\n'
+        '[[equivalent]]\nmodule = "m.py"\ndiff = """\n-b = a + 1\n+b = a - 1\n"""\nwhy = "w"\n'
+    )  # fmt: skip
+    monkeypatch.setattr(mutate, "EQUIVALENTS", registry)
+    monkeypatch.setattr(mutate, "RESULTS", tmp_path)
+    results = [
+        {"operator": "core/NumberReplacer", "occurrence": 0, "lines": (1, 1),
+         "diff": "@@ -1 +1 @@\n-X = 1\n+X = 2\n", "outcome": "survived", "num_tests": 3},
+        {"operator": "core/ReplaceBinaryOperator_Add_Sub", "occurrence": 0, "lines": (5, 5),
+         "diff": "@@ -5 +5 @@\n-b = a + 1\n+b = a - 1\n", "outcome": "killed", "num_tests": 1},
+        {"operator": "core/NumberReplacer", "occurrence": 1, "lines": (5, 5),
+         "diff": "@@ -5 +5 @@\n-b = a + 1\n+b = a + 2\n", "outcome": "survived", "num_tests": 1},
+    ]  # fmt: skip
+    summary = mutate.report("m.py", results, 1.0)
+    assert [m["outcome"] for m in results] == ["equivalent", "killed", "survived"]
+    assert summary["score"] == 0.5 and summary["raw_score"] == round(1 / 3, 4)
+    text = (tmp_path / "m.md").read_text()
+    assert "(equivalent; 3 tests): unused" in text and "+b = a + 2" in text
