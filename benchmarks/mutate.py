@@ -291,8 +291,8 @@ def diff_of(source: str, code: str) -> str:
 
 def kept_killed(rel: str, path: Path, source: str, todo: list) -> dict:
     """For ``--survivors``: index in ``todo`` -> the last report's result, for the mutants it
-    killed or marked equivalent, provided the module is unchanged (every mutant of the report recomputes to the
-    same diff); ``{}`` when there is no report or the source changed."""
+    killed or marked equivalent, provided the module is unchanged (every mutant of the report
+    recomputes to the same diff); ``{}`` when there is no report or the source changed."""
     saved_path = RESULTS / f"{rel.replace('/', '.').removesuffix('.py')}.json"
     if not saved_path.exists():
         return {}
