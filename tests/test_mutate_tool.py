@@ -63,7 +63,8 @@ def test_processes_the_tests_spawn_import_the_mutant_named_in_the_environment(tm
     source = tmp_path / "mutant.py"
     source.write_text("VALUE = 42\n")
     env = {**os.environ, "PYTHONPATH": f"{mutate.MUTANT_SITE}{os.pathsep}{ROOT / 'benchmarks'}"}
-    env.update(zip(mutate.ENV, ("probe_mod", str(tmp_path / "probe_mod.py"), str(source)), strict=True))
+    named = ("probe_mod", str(tmp_path / "probe_mod.py"), str(source))
+    env.update(zip(mutate.ENV, named, strict=True))
     cmd = [sys.executable, "-c", "import probe_mod; print(probe_mod.VALUE)"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "42", out.stderr
