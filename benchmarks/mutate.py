@@ -365,7 +365,7 @@ def run_module(rel: str, cov: dict, args) -> dict:
             m["seconds"] = round(time.monotonic() - t0, 2)
             results.append(running.pop(pid)[0])
     if args.lines or args.tests:  # a probe writes no report
-        for m in sorted(results, key=lambda m: m["lines"]):
+        for m in sorted(results, key=lambda m: tuple(m["lines"])):
             print(f"line {m['lines'][0]} {m['operator']}: {m['outcome']}\n{m['diff']}")
         return None
     return report(rel, results, time.perf_counter() - start)
@@ -440,7 +440,7 @@ def report(rel: str, results: list, seconds: float) -> dict:
         "## Surviving mutants",
         "",
     ]
-    ordered = sorted(results, key=lambda m: m["lines"])
+    ordered = sorted(results, key=lambda m: tuple(m["lines"]))
     for m in ordered:
         if m["outcome"] in ("survived", "no tests"):
             lines += _entry(m)

@@ -183,7 +183,7 @@ class ParticleELBO(SurrogateELBO):
         A bound that combines particles per datum (IWAE, Renyi) must see the same data points
         in every particle, so particles after the first replay its subsample indices.
         """
-        if self.vectorize_particles or self.num_particles == 1:
+        if self.vectorize_particles:
             yield from super()._get_traces(model, guide, args, kwargs)
             return
         shared = None
@@ -215,8 +215,9 @@ class ParticleELBO(SurrogateELBO):
                 list(model_trace.nodes.values()) + list(guide_trace.nodes.values())
             )
             values.append(_site_sum(trace, sum_dims))
-        if self.is_vectorized:
-            return self._particles_first(values[0])
+        if self.is_vectorized:  # one pair, its particles on a plate
+            (value,) = values
+            return self._particles_first(value)
         return torch.stack(torch.broadcast_tensors(*values))
 
     def stacked_like(self, particles: Particles, summed: list) -> torch.Tensor:
@@ -227,7 +228,6 @@ class ParticleELBO(SurrogateELBO):
     def _particles_first(self, value: torch.Tensor) -> torch.Tensor:
         """Move the particle plate (at ``dim = -max_plate_nesting``) to the front."""
         dim = self.max_plate_nesting
-        if value.dim() < dim:
-            value = value.reshape((1,) * (dim - value.dim()) + value.shape)
+        value = value.reshape((1,) * (dim - value.dim()) + value.shape)  # pad to full rank
         value = value.movedim(-dim, 0)
         return value.expand(self.num_particles, *value.shape[1:])

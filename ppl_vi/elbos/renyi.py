@@ -38,8 +38,6 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
     num_particles = log_weights.shape[0]
     if alpha == -math.inf:
         return log_weights.max(dim=0).values
-    if alpha == 0:
-        return torch.logsumexp(log_weights, dim=0) - math.log(num_particles)
     scaled = (1.0 - alpha) * log_weights
     return (torch.logsumexp(scaled, dim=0) - math.log(num_particles)) / (1.0 - alpha)
 

@@ -21,6 +21,8 @@ from pyro.util import (
     check_site_shape,
 )
 
+from ppl_vi.infer_util import user_stacklevel
+
 from ._base import ParticleELBO
 
 __all__ = ["RBScoreFunctionELBO"]
@@ -104,8 +106,8 @@ class _Plan:
     """What the per-step computation needs from the model's and the guide's structure.
 
     ``signals[i]`` lists the cost terms of ``score_sites[i]``'s learning signal as
-    ``(sign, trace, site, sum_dims)``: the log density of ``site`` in the model (sign +1) or the
-    guide (sign -1), summed over the plates it does not share with the score site. ``signals`` is
+    ``(trace, site, sum_dims)``: the log density of ``site`` in the model (added) or the guide
+    (subtracted), summed over the plates it does not share with the score site. ``signals`` is
     None for the full signal :math:`\\log p - \\log q` at every site.
     """
 
@@ -146,9 +148,10 @@ class RBScoreFunctionELBO(ParticleELBO):
     :math:`\log p(x, z^{(k)}) - \log q(z^{(k)})` (REINFORCE) and ``control_variates=False`` sets
     :math:`\hat a = 0`.
 
-    The dependency structure is found once per model, guide and set of sample sites: the model's
-    with :func:`pyro.infer.inspect.get_dependencies`, the guide's (which random site determines
-    which value, e.g. MeanField's ``"mu_unconstrained"`` -> ``"mu"``) by provenance tracking.
+    The dependency structure is found once per model, guide and set of sample sites (the last 32
+    structures are kept; a 33rd empties the cache): the model's with
+    :func:`pyro.infer.inspect.get_dependencies`, the guide's (which random site determines which
+    value, e.g. MeanField's ``"mu_unconstrained"`` -> ``"mu"``) by provenance tracking.
     Within a plate, a site's signal keeps only the terms of its own plate slice (as
     :class:`pyro.infer.TraceGraph_ELBO` does); this trusts the plates' independence statements.
     Dependencies hidden from provenance tracking (Python control flow on sampled values,
@@ -291,24 +294,24 @@ class RBScoreFunctionELBO(ParticleELBO):
                 f"and guide ({type(e).__name__}: {e}); using the full learning signal "
                 "log p - log q at every site (unbiased, higher variance). Pass "
                 "rao_blackwellize=False to silence this warning.",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
             return _Plan(score_sites, None)
         signals = []
         for s in score_sites:
             own = set(_plate_frames(guide_trace.nodes[s]))
             terms = []
-            for (sign, trace_name, name), sites in owners.items():
+            for (trace_name, name), sites in owners.items():
                 if s in sites:
                     trace = model_trace if trace_name == "model" else guide_trace
                     frames = _plate_frames(trace.nodes[name])
                     dims = tuple(dim for frame_name, dim in frames if (frame_name, dim) not in own)
-                    terms.append((sign, trace_name, name, dims))
+                    terms.append((trace_name, name, dims))
             signals.append(tuple(terms))
         return _Plan(score_sites, tuple(signals))
 
     def _cost_owners(self, model, guide, args, kwargs, model_trace, guide_trace) -> dict:
-        """Map each cost term ``(sign, trace, site)`` to the random guide sites it depends on."""
+        """Map each cost term ``(trace, site)`` to the random guide sites it depends on."""
         with poutine.block():
             deps = get_dependencies(model, args, kwargs)["prior_dependencies"]
         value_prov, log_q_prov = _guide_provenance(guide, args, kwargs)
@@ -329,11 +332,11 @@ class RBScoreFunctionELBO(ParticleELBO):
                 if u not in latents or u not in value_prov:
                     raise RuntimeError(f"latent '{u}' of model site '{name}' is not in the guide")
                 sites |= value_prov[u]
-            owners[(1.0, "model", name)] = frozenset(sites)
+            owners[("model", name)] = frozenset(sites)
         for site in _sample_sites(guide_trace):
             if site["name"] not in log_q_prov:
                 raise RuntimeError(f"guide site '{site['name']}' changed between runs")
-            owners[(-1.0, "guide", site["name"])] = log_q_prov[site["name"]]
+            owners[("guide", site["name"])] = log_q_prov[site["name"]]
         return owners
 
     # ---------------------------------------------------------------------------- estimate
@@ -343,8 +346,7 @@ class RBScoreFunctionELBO(ParticleELBO):
         value = torch.as_tensor(value)
         if not self.is_vectorized:
             return value.sum().reshape(1)
-        if value.dim() != self.max_plate_nesting:  # not yet (particles, *plates)
-            value = self._particles_first(value)
+        value = self._particles_first(value)  # (particles, *plates)
         return value.reshape(value.shape[0], -1).sum(-1).expand(self.num_particles)
 
     def _particle_terms(self, model_trace, guide_trace, plan: _Plan):
@@ -365,23 +367,20 @@ class RBScoreFunctionELBO(ParticleELBO):
             return elbo, log_p, log_q * elbo, log_q
         traces = {"model": model_trace, "guide": guide_trace}
         reduced = {}
-        score = 0.0
         signals = []
         for terms in plan.signals:
             signal = 0.0
-            for sign, trace_name, name, dims in terms:
-                key = (trace_name, name, dims)
+            for key in terms:  # (trace, site, dims to sum over)
                 term = reduced.get(key)
                 if term is None:
+                    trace_name, name, dims = key
                     term = traces[trace_name].nodes[name]["log_prob"].detach()
-                    sum_dims = [d for d in dims if -term.dim() <= d and term.shape[d] != 1]
-                    if sum_dims:
-                        term = term.sum(sum_dims, keepdim=True)
+                    if dims:
+                        term = term.sum(dims, keepdim=True)
                     reduced[key] = term
-                signal = signal + term if sign > 0 else signal - term
+                signal = signal + term if key[0] == "model" else signal - term
             signals.append(signal)
-        for lq, signal in zip(score_lq, signals, strict=True):
-            score = score + pp(lq * signal)
+        score = sum(pp(lq * signal) for lq, signal in zip(score_lq, signals, strict=True))
         return elbo, log_p, score, log_q
 
     def _estimate(self, model, guide, args, kwargs):
@@ -400,7 +399,7 @@ class RBScoreFunctionELBO(ParticleELBO):
 
     def _control_variate_grads(self, score, log_q, leaves) -> list:
         """Leave-one-out control-variate estimate of the ELBO gradient for each guide leaf."""
-        k = score.shape[0]
+        k = len(score)
         outputs = torch.cat([score, log_q])  # (2K,)
         eye = torch.eye(2 * k, dtype=outputs.dtype, device=outputs.device)
         try:
@@ -409,13 +408,10 @@ class RBScoreFunctionELBO(ParticleELBO):
             )
         except RuntimeError:  # an op without a batching rule: one backward pass per row
             rows = [
-                torch.autograd.grad(outputs, leaves, row, retain_graph=True, allow_unused=True)
+                torch.autograd.grad(outputs, leaves, row, retain_graph=True, materialize_grads=True)
                 for row in eye
             ]
-            grads = [
-                None if rows[0][i] is None else torch.stack([r[i] for r in rows])
-                for i in range(len(leaves))
-            ]
+            grads = [torch.stack([r[i] for r in rows]) for i in range(len(leaves))]
         flat = torch.cat(
             [
                 outputs.new_zeros(2 * k, leaf.numel()) if g is None else g.reshape(2 * k, -1)

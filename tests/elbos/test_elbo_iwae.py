@@ -473,3 +473,32 @@ def test_a_guide_with_randomness_outside_its_sites_is_refused_under_validation(g
     with pyro.validation_enabled(False):
         elbo.loss_and_grads(model, guide, x)  # the check costs a comparison: validation only
     pyro.clear_param_store()
+
+
+def test_defaults_are_the_documented_ones():
+    elbo = IWAE()
+    assert elbo.num_particles == 8 and elbo.gradient == "reparam" and elbo.alpha == 0.0
+    assert elbo.vectorize_particles and elbo.strict_enumeration_warning
+
+
+@pytest.mark.parametrize("gradient", ["dreg", "stl"])
+def test_dreg_and_stl_normalize_the_weights_of_each_datum(float64, gradient):
+    """One bound per datum: the coefficients are v_ki = softmax over the particles of datum i
+    (squared for DReG). With z = m + s e, the path derivative of log w_ki in m_i is
+    g = -z + (x_i - z) + (z - m_i) / s_i^2."""
+    x = torch.tensor([-1.0, 0.5, 2.0, 3.5, -0.2])
+    guide = MeanField(local_model, init_scale=1.0)
+    guide(x)
+    elbo = IWAE(8, max_plate_nesting=1, gradient=gradient)
+    pyro.set_rng_seed(3)
+    elbo.loss_and_grads(local_model, guide, x)
+    store = pyro.get_param_store()
+    grad = store._params["MeanField.locs.z"].grad.clone()
+    pyro.set_rng_seed(3)
+    particles = elbo.particles(local_model, guide, (x,), {})
+    z = particles.traces[0][1].nodes["z"]["value"].detach().reshape(8, 5)
+    m, s = store["MeanField.locs.z"].detach(), store["MeanField.scales.z"].detach()
+    v = torch.softmax(particles.log_weights.detach(), 0)
+    coef = v.square() if gradient == "dreg" else v
+    g = -z + (x - z) + (z - m) / s**2
+    torch.testing.assert_close(grad, -(coef * g).sum(0), rtol=0, atol=1e-10)

@@ -3,6 +3,7 @@
 import doctest
 import math
 import statistics
+import warnings
 
 import numpy as np
 import pyro
@@ -572,3 +573,311 @@ def test_docstring_example():
     result = doctest.testmod(score_function, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_defaults_are_the_documented_ones():
+    elbo = RBScoreFunctionELBO()
+    assert elbo.num_particles == 8
+    assert elbo.vectorize_particles is True
+    assert elbo.rao_blackwellize is True and elbo.control_variates is True
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def global_model(x):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+
+def global_guide(x):
+    m = pyro.param("m", torch.tensor(0.2))
+    pyro.sample("loc", dist.Normal(m, 1.0))
+
+
+def count_structure_inspections(monkeypatch):
+    """Count the model inspections (one per structure found)."""
+    calls = []
+    inspect = score_function.get_dependencies
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return inspect(*args, **kwargs)
+
+    monkeypatch.setattr(score_function, "get_dependencies", counting)
+    return calls
+
+
+def test_the_structures_of_the_last_32_programs_are_kept(monkeypatch):
+    """Each (model, guide) pair is inspected once; the cache holds 32 structures and is
+    emptied when a 33rd arrives."""
+    calls = count_structure_inspections(monkeypatch)
+    x = torch.tensor([0.3, 1.0])
+    guides = [lambda x: global_guide(x) for _ in range(33)]  # 33 distinct programs
+    elbo = RBScoreFunctionELBO(1, control_variates=False, max_plate_nesting=1)
+    for guide in guides[:32]:
+        elbo.loss(global_model, guide, x)
+    assert len(calls) == 32
+    elbo.loss(global_model, guides[0], x)  # 32 structures fit
+    assert len(calls) == 32
+    elbo.loss(global_model, guides[32], x)  # the 33rd empties the cache
+    assert len(calls) == 33
+    elbo.loss(global_model, guides[0], x)
+    assert len(calls) == 34
+
+
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+def test_a_deterministic_guide_site_of_a_parameter_is_recorded_not_rejected(float64):
+    """pyro.deterministic records a value (an observed point mass): it is neither a Delta to
+    reject nor a random site, and it leaves the estimator unchanged."""
+
+    def recording_guide(x):
+        global_guide(x)
+        pyro.deterministic("twice_m", 2 * pyro.param("m"))
+
+    x = torch.tensor([0.3, 1.0, -0.5])
+    elbo = RBScoreFunctionELBO(4, max_plate_nesting=1)
+    loss, grads = gradients(elbo, global_model, recording_guide, x)
+    ref_loss, ref = gradients(elbo, global_model, global_guide, x)
+    assert loss == ref_loss
+    torch.testing.assert_close(grads, ref, rtol=0, atol=0)
+    assert grads["m"].abs() > 0
+
+
+def subsampled_model(x):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0], subsample_size=2) as ind:
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[ind])
+
+
+def subsampled_guide(x):
+    m = pyro.param("m", torch.tensor(0.2))
+    z_loc = pyro.param("z_loc", torch.zeros(x.shape[0]))
+    loc = pyro.sample("loc", dist.Normal(m, 1.0))
+    with pyro.plate("data", x.shape[0], subsample_size=2) as ind:
+        pyro.sample("z", dist.Normal(z_loc[ind] + loc, 1.0))
+
+
+def test_subsampled_plate_equals_tracegraph_elbo_on_the_same_draws(float64, recwarn):
+    """The subsample indices are no random site: the structure is that of the mini-batch."""
+    x = torch.tensor([0.3, 1.9, 1.1, -0.4])
+    elbo = RBScoreFunctionELBO(1, vectorize_particles=False, control_variates=False)
+    loss, grads = gradients(elbo, subsampled_model, subsampled_guide, x)
+    ref_loss, ref = gradients(
+        TraceGraph_ELBO(1), subsampled_model, non_reparam(subsampled_guide), x
+    )
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-10, atol=1e-10)
+    assert (grads["z_loc"] == 0).sum() == 2, "two data points outside the mini-batch"
+    assert not [w for w in recwarn if "dependency structure" in str(w.message)]
+
+
+def weighted_model(x, weights):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]), poutine.scale(scale=weights):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def weighted_guide(x, weights):
+    m = pyro.param("m", torch.tensor(0.2))
+    z_loc = pyro.param("z_loc", torch.zeros(x.shape[0]))
+    loc = pyro.sample("loc", dist.Normal(m, 1.0))
+    with pyro.plate("data", x.shape[0]), poutine.scale(scale=weights):
+        pyro.sample("z", dist.Normal(z_loc + loc, 1.0))
+
+
+def test_structure_is_found_with_validation_off_as_the_user_set_it(float64):
+    """Per-datum weights with a zero (a dropped datum) are refused by Pyro's validation only:
+    with validation off, finding the structure does not turn it back on."""
+    x, weights = torch.tensor([0.3, 1.9, 1.1]), torch.tensor([1.0, 0.0, 2.0])
+    elbo = RBScoreFunctionELBO(3, vectorize_particles=False, control_variates=False)
+    with pyro.validation_enabled(False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to the full signal
+            loss, grads = gradients(elbo, weighted_model, weighted_guide, x, weights)
+        ref_loss, ref = gradients(
+            TraceGraph_ELBO(3), weighted_model, non_reparam(weighted_guide), x, weights
+        )
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-10, atol=1e-10)
+
+
+def masked_model(x):
+    """A held-out observation, masked out entirely: its log density is 0."""
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+    with poutine.mask(mask=False):
+        pyro.sample("held_out", dist.Normal(loc, 1.0), obs=torch.tensor(5.0))
+
+
+def test_a_fully_masked_observation_keeps_rao_blackwellization(float64):
+    x = torch.tensor([0.3, 1.9, 1.1])
+    elbo = RBScoreFunctionELBO(3, vectorize_particles=False, control_variates=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the full signal
+        loss, grads = gradients(elbo, masked_model, global_guide, x)
+    ref_loss, ref = gradients(TraceGraph_ELBO(3), masked_model, non_reparam(global_guide), x)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("control_variates", [True, False])
+def test_model_and_guide_are_checked_under_validation(control_variates):
+    def guide_with_extra_site(x):
+        global_guide(x)
+        pyro.sample("extra", dist.Normal(0.0, 1.0))
+
+    x = torch.tensor([0.3, 1.0, -0.5])
+    elbo = RBScoreFunctionELBO(3, control_variates=control_variates)
+    with pytest.warns(UserWarning, match="Found non-auxiliary vars in guide but not model"):
+        elbo.loss(global_model, guide_with_extra_site, x)
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo.loss(global_model, guide_with_extra_site, x)
+
+
+def test_site_shapes_are_checked_under_validation():
+    def unplated_model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)  # a batch of 3 outside any plate
+
+    x = torch.tensor([0.3, 1.0, -0.5])
+    elbo = RBScoreFunctionELBO(3, vectorize_particles=False)
+    with pytest.raises(ValueError, match='at site "x", invalid log_prob shape'):
+        elbo.loss(unplated_model, global_guide, x)
+
+
+def test_the_fallback_warning_points_at_the_callers_line(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot inspect this model")
+
+    monkeypatch.setattr(score_function, "get_dependencies", broken)
+    x = torch.tensor([0.3, 1.0])
+    for call in ("loss", "loss_and_grads", "differentiable_loss"):
+        elbo = RBScoreFunctionELBO(3, max_plate_nesting=1)
+        with pytest.warns(UserWarning, match="could not determine the dependency") as record:
+            getattr(elbo, call)(global_model, global_guide, x)
+        assert record[0].filename == __file__, call
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def guide_with_unused_parameter(x):
+    """A guide parameter that no random site uses (read for a report only)."""
+    global_guide(x)
+    pyro.param("unused", torch.ones(3))
+
+
+def test_unused_guide_parameter_gets_zero_and_one_batched_backward_per_step(float64, monkeypatch):
+    """The per-particle gradients of all 2K surrogates come from one batched backward pass."""
+    x = torch.tensor([0.3, 1.0, -0.5])
+    elbo = RBScoreFunctionELBO(4, max_plate_nesting=1)
+    elbo.loss(global_model, guide_with_unused_parameter, x)  # finds the structure
+    grad, calls = torch.autograd.grad, []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    _, grads = gradients(elbo, global_model, guide_with_unused_parameter, x)
+    assert calls == [True]
+    assert (grads["unused"] == 0).all() and grads["m"].abs() > 0
+    monkeypatch.undo()
+    _, ref = gradients(elbo, global_model, global_guide, x)
+    torch.testing.assert_close(grads["m"], ref["m"], rtol=0, atol=0)
+
+
+def test_unused_guide_parameter_without_batching_rules(float64, monkeypatch):
+    x = torch.tensor([0.3, 1.0, -0.5])
+    elbo = RBScoreFunctionELBO(4, max_plate_nesting=1)
+    _, batched = gradients(elbo, global_model, guide_with_unused_parameter, x)
+    grad = torch.autograd.grad
+
+    def no_batching(*args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    _, looped = gradients(elbo, global_model, guide_with_unused_parameter, x)
+    for name in batched:
+        torch.testing.assert_close(looped[name], batched[name], rtol=1e-12, atol=1e-12)
+    assert (looped["unused"] == 0).all()
+
+
+def loo_by_hand(f, h):
+    """mean_k (f_k - a_{-k} h_k), a_{-k} = Cov/Var over the other particles (0 if Var = 0)."""
+    f, h = np.asarray(f, dtype=np.float64), np.asarray(h, dtype=np.float64)
+    k, n = f.shape
+    out = np.zeros(n)
+    for j in range(n):
+        for i in range(k):
+            others = [m for m in range(k) if m != i]
+            var = np.var(h[others, j], ddof=1)
+            a = np.cov(f[others, j], h[others, j])[0, 1] / var if var > 0 else 0.0
+            out[j] += (f[i, j] - a * h[i, j]) / k
+    return out
+
+
+def test_leave_one_out_coefficients_are_accurate_when_the_score_has_a_large_offset():
+    """Covariances are shift invariant; centring first keeps float32 accurate when the score h
+    carries a common offset 10^4 times its spread (the one-pass sums would cancel)."""
+    gen = torch.Generator().manual_seed(0)
+    f, h = torch.randn(8, 3, generator=gen), torch.randn(8, 3, generator=gen)
+    f = f + 0.8 * h  # correlated, as a signal-weighted score and the score are
+    h = h + 1e4  # float32, as stored
+    ours = score_function._loo_control_variate_mean(f, h).numpy()
+    expected = loo_by_hand(f.numpy(), h.numpy())
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=0)
+    assert np.abs(expected - f.numpy().mean(0)).min() > 100, "the correction is large"
+
+
+def test_a_score_equal_in_every_particle_gets_no_control_variate(float64):
+    """Var(h) = 0 over the other particles: no coefficient to estimate, the plain mean."""
+    f = torch.tensor([[1.0, 0.5], [2.0, -1.0], [4.0, 0.3], [-3.0, 2.0]])
+    h = torch.tensor([[0.7, 0.2], [0.7, -0.4], [0.7, 0.9], [0.7, 0.1]])
+    ours = score_function._loo_control_variate_mean(f, h)
+    assert ours[0].item() == pytest.approx(f[:, 0].mean().item(), abs=1e-15)
+    np.testing.assert_allclose(ours.numpy(), loo_by_hand(f, h), rtol=1e-12, atol=1e-12)
+
+
+def factor_guide(x):
+    """A guide with a factor on its draw (an observed site): a cost, not a random site."""
+    m = pyro.param("m", torch.tensor(0.5))
+    z = pyro.sample("loc", dist.Normal(m, 1.0))
+    pyro.factor("tilt", 0.7 * m * z, has_rsample=False)
+
+
+def test_a_guide_factor_is_a_cost_term_without_a_score_of_its_own(float64):
+    """f_k from TraceGraph_ELBO one particle at a time (the factor is in the signal of the
+    draw it depends on), h_k = d log q(z_k) / dm = z_k - m of the random site only, then
+    mean_k (f_k - a_{-k} h_k)."""
+    x = torch.tensor([0.3, 1.0, -0.5])
+    k = 4
+    elbo = RBScoreFunctionELBO(k, vectorize_particles=False)
+    _, grads = gradients(elbo, global_model, factor_guide, x)
+    m = pyro.param("m").detach()
+    pyro.set_rng_seed(0)
+    f = []
+    for _ in range(k):
+        _, g = gradients(TraceGraph_ELBO(1), global_model, non_reparam(factor_guide), x, seed=None)
+        f.append(-g["m"].reshape(1))  # TraceGraph returns gradients of the loss
+    pyro.set_rng_seed(0)
+    h = []
+    for _ in range(k):
+        trace = poutine.trace(non_reparam(factor_guide)).get_trace(x)
+        h.append((trace.nodes["loc"]["value"] - m).detach().reshape(1))
+    expected = loo_by_hand(torch.stack(f).numpy(), torch.stack(h).numpy())
+    np.testing.assert_allclose(-grads["m"].numpy().reshape(1), expected, rtol=1e-10, atol=1e-12)

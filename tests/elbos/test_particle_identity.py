@@ -82,12 +82,13 @@ def test_control_variates_at_the_exact_posterior(float64, num_particles):
         pyro.clear_param_store()
 
 
+@pytest.mark.parametrize("num_particles", [2, 7])
 @pytest.mark.parametrize("vectorize", [True, False])
-def test_each_log_weight_belongs_to_its_own_particle(float64, vectorize):
+def test_each_log_weight_belongs_to_its_own_particle(float64, vectorize, num_particles):
     """Away from the posterior: each log weight is log p(x, mu_k) - log q(mu_k) of its draw."""
     x = torch.tensor(X)
     pyro.set_rng_seed(3)
-    particles = IWAE(num_particles=7, vectorize_particles=vectorize).particles(
+    particles = IWAE(num_particles=num_particles, vectorize_particles=vectorize).particles(
         model, guide_at(0.5, 0.8), (x,), {}
     )
     mus = torch.cat([g.nodes["mu"]["value"].reshape(-1) for _, g in particles.traces])
@@ -96,5 +97,5 @@ def test_each_log_weight_belongs_to_its_own_particle(float64, vectorize):
         + dist.Normal(mus[:, None], NOISE_SD).log_prob(x).sum(-1)
         - dist.Normal(0.5, 0.8).log_prob(mus)
     )
-    assert particles.log_weights.shape == (7,)
+    assert particles.log_weights.shape == (num_particles,)
     torch.testing.assert_close(particles.log_weights.detach(), by_hand)
