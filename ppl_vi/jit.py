@@ -32,7 +32,7 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_identically_zero, torch_item
 from pyro.util import warn_if_nan
 
-from ppl_vi.infer_util import is_user_file, place
+from ppl_vi.infer_util import is_user_file, place, user_stacklevel
 
 
 class JitUnsupported(Exception):
@@ -147,7 +147,7 @@ class JitELBO(ELBO):
         self.rtol = rtol
         self.ignore_jit_warnings = ignore_jit_warnings
         self.fallback = unsupported_reason(elbo)
-        self._compiled = {}  # (model id, guide id, tensor kwarg names) -> CompiledFunction
+        self._compiled = {}  # (model id, guide id, len(args), tensor kwarg names) -> graph
         self._checked = set()
         self._warm = set()
         if self.fallback is not None:
@@ -168,7 +168,7 @@ class JitELBO(ELBO):
         warnings.warn(
             f"jit: {type(self.elbo).__name__} runs uncompiled: {self.fallback}",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),  # the user's line: JitELBO(...), svi.step(), fit(...)
         )
 
     def _eager_terms(self, model, guide, args, kwargs):
@@ -178,7 +178,8 @@ class JitELBO(ELBO):
 
     def _function(self, model, guide, args, kwargs):
         names, static = _split_kwargs(kwargs)
-        key = (id(model), id(guide), tuple(names))
+        # the number of positional arguments is part of the key: ``terms`` splits on it
+        key = (id(model), id(guide), len(args), tuple(names))
         fn = self._compiled.get(key)
         if fn is None:
             weakself = weakref.ref(self)
@@ -304,15 +305,15 @@ def _user_code_warning(caught) -> str | None:
     """``file:line`` where code outside torch, Pyro and ppl-vi turned a tensor into a Python value.
 
     Pyro's own code triggers harmless tracer warnings (shape checks); a model that calls
-    ``.item()`` or branches on a tensor (``if z > 0``) triggers one in the model's file.
+    ``.item()``, ``.tolist()`` or ``.numpy()`` or branches on a tensor (``if z > 0``) triggers
+    one in the model's file.
     """
     for w in caught:
         # shape-based warnings (len(x), iterating) are harmless: shapes are fixed per graph
-        if "Converting a tensor to a Python" not in str(w.message):
+        if "Converting a tensor to a " not in str(w.message):  # a Python value, a NumPy array
             continue
-        if issubclass(w.category, torch.jit.TracerWarning) and w.filename:
-            if is_user_file(w.filename):
-                return place(w.filename, w.lineno)
+        if issubclass(w.category, torch.jit.TracerWarning) and is_user_file(w.filename):
+            return place(w.filename, w.lineno)
     return None
 
 
