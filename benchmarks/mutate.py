@@ -183,13 +183,15 @@ def function_spans(source: str) -> list[tuple[int, int]]:
 def select_tests(
     lines_map: dict, spans, lines: tuple, durations: dict, budget: float, extra=()
 ) -> list:
-    """Tests that execute the mutated lines (or, for lines run only at import, such as a
-    default argument, the tests that run the enclosing function; for module level lines, any
-    test of the module; for code that only subprocesses run, ``extra``), fastest first, up to
-    ``budget`` seconds (at least one)."""
+    """Tests that execute the mutated lines, fastest first, up to ``budget`` seconds (at least
+    one). For lines no test executes in-process (run only at import, such as a default
+    argument, or only in subprocesses) the tests that run the enclosing function (for module
+    level lines, any test of the module), plus the subprocess tests ``extra``."""
     first, last = lines
     tests = {t for line in range(first, last + 1) for t in lines_map.get(str(line), ())}
-    if not tests:
+    if tests:
+        extra = ()
+    else:  # also the subprocess tests: the lines may run only there
         enclosing = [s for s in spans if s[0] <= first and last <= s[1]]
         lo, hi = enclosing[-1] if enclosing else (1, 10**9)
         tests = {t for line, ts in lines_map.items() if lo <= int(line) <= hi for t in ts}
@@ -202,7 +204,7 @@ def select_tests(
             break
         chosen.append(t)
         spent += durations.get(t, 1.0)
-    return chosen
+    return chosen + [t for t in extra if t not in chosen]
 
 
 # --------------------------------------------------------------------------------- running

@@ -49,6 +49,7 @@ from ppl_vi.infer_util import (
     model_info,
     trace_model,
     user_line,
+    user_stacklevel,
 )
 from ppl_vi.jit import JitELBO
 from ppl_vi.minibatch import EpochBatches
@@ -711,8 +712,10 @@ class Engine:
         try:
             with par.shards(state.step):
                 loss = torch_item(elbo.loss_and_grads(self.model, self.guide, *args, **kwargs))
-            if len(state.params) != len(local):
-                raise FitError(_NEW_PARAMS.format(sorted(set(state.params) - set(local))))
+            # the live store's names (state.params is brought up to date when the session ends)
+            names = pyro.get_param_store().keys()
+            if len(names) != len(local):
+                raise FitError(_NEW_PARAMS.format(sorted(set(names) - set(self._param_names))))
             _check_finite(loss, local)
         except KeyboardInterrupt:
             interrupted = True
@@ -963,8 +966,13 @@ _NEW_PARAMS = (
 def _check_finite(loss: float, params: list) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not (math.isfinite(loss) and _grads_finite(grads)):
-        bad = [p for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad = [p for p in params if p.grad is not None and not _finite(p.grad)]
         raise _StepFailed(loss, bad)
+
+
+def _finite(g: torch.Tensor) -> bool:
+    """Whether every element of ``g`` (dense or sparse) is finite."""
+    return bool(torch.isfinite(g.to_dense() if g.is_sparse else g).all())
 
 
 _FLAGS: dict = {}  # device -> (found, one): reused flag tensors of the fused check
@@ -987,13 +995,10 @@ def _grads_finite(grads: list) -> bool:
         found.zero_()
         try:
             torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+            finite = not found.item()
         except (RuntimeError, TypeError, NotImplementedError):  # e.g. sparse gradients
-            if not all(
-                bool(torch.isfinite(g.to_dense() if g.is_sparse else g).all()) for g in group
-            ):
-                return False
-            continue
-        if found.item():
+            finite = all(_finite(g) for g in group)
+        if not finite:
             return False
     return True
 
@@ -1037,6 +1042,7 @@ def _note(err: BaseException, text: str) -> None:
 
 
 def _warn(message: str) -> None:
+    """A RuntimeWarning that points at the caller's line (``fit(...)``, ``engine.init()``)."""
     import warnings
 
-    warnings.warn(message, RuntimeWarning, stacklevel=5)
+    warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())

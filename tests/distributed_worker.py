@@ -43,6 +43,11 @@ def make_model(batch):
         elif what == "sigint":
             TRIGGER["what"] = None
             os.kill(os.getpid(), signal.SIGINT)
+        elif what == "keyboard":  # Ctrl-C raised inside the model, not through the handler
+            TRIGGER["what"] = None
+            raise KeyboardInterrupt
+        elif what == "late":
+            pyro.param("late", torch.zeros(()))
         with pyro.plate("data", x.shape[0], subsample_size=batch) as idx:
             pyro.sample("y", dist.Bernoulli(logits=x[idx] @ w + b), obs=y[idx])
 
@@ -123,9 +128,55 @@ def scenario_interrupt(folder):
             "saved_streams": len(torch.load(path, weights_only=False)["rng_ranks"])}  # fmt: skip
 
 
+def scenario_keyboard(folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = _fit(8, callbacks=[_on_rank(1, 3, "keyboard")])
+    return {"interrupted": result.interrupted, "steps": result.num_steps}
+
+
+def scenario_late_param(folder):
+    try:
+        _fit(8, callbacks=[_on_rank(1, 2, "late")])
+    except ppl_vi.FitError as err:
+        return {"message": str(err), "step": err.step}
+    return {"message": None}
+
+
 def scenario_odd_batch(folder):
     try:
         _fit(5, batch=15)
+    except ValueError as err:
+        return {"message": str(err)}
+    return {"message": None}
+
+
+def scenario_setup_error(folder):
+    """Rank 1's model fails on its shard of the first step's batch: the set-up check (which
+    evaluates that shard) stops both ranks before step 1, each with what it knows."""
+    from ppl_vi.minibatch import batch_indices
+
+    x, y = data()
+    first_shard = batch_indices(SEED, "data", 0, N, BATCH, rank=1, world=2)
+
+    def model(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+        with pyro.plate("data", N, subsample_size=BATCH) as idx:
+            if tdist.get_rank() == 1 and torch.equal(idx, first_shard):
+                raise ValueError("rank 1 cannot take its first shard")
+            pyro.sample("y", dist.Bernoulli(logits=x[idx] @ w), obs=y[idx])
+
+    try:
+        ppl_vi.fit(model, x, y, num_steps=3, seed=SEED, dtype=torch.float64, progress=False,
+                   distributed=True)  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return {"type": type(err).__name__, "message": str(err)}
+    return {"type": None}
+
+
+def scenario_jit_true(folder):
+    try:
+        _fit(3, jit=True)
     except ValueError as err:
         return {"message": str(err)}
     return {"message": None}
@@ -235,8 +286,12 @@ SCENARIOS = {
     "nan": scenario_nan,
     "callback": scenario_callback,
     "interrupt": scenario_interrupt,
+    "keyboard": scenario_keyboard,
+    "late_param": scenario_late_param,
     "odd_batch": scenario_odd_batch,
     "no_plate": scenario_no_plate,
+    "setup_error": scenario_setup_error,
+    "jit_true": scenario_jit_true,
     "vae": scenario_vae,
     "families": scenario_families,
     "locals": scenario_locals,

@@ -165,6 +165,19 @@ def test_ctrl_c_on_one_rank_stops_both_and_resumes_bitwise(ranks):
             assert torch.equal(out["resumed"][name], value), name
 
 
+def test_ctrl_c_raised_inside_one_ranks_model_stops_both(ranks):
+    assert ranks["keyboard"][0] == ranks["keyboard"][1] == {"interrupted": True, "steps": 3}
+
+
+def test_a_parameter_created_after_the_start_names_it_on_both_ranks(ranks):
+    for out in ranks["late_param"]:
+        assert out["message"].startswith(
+            "rank 1 of 2: step 3 failed (FitError: parameters "
+            "['late'] were created after the data-parallel fit"
+        )
+        assert out["step"] == 3
+
+
 def test_refusals_name_the_fix(ranks):
     for out in ranks["odd_batch"]:
         assert out["message"].startswith("plate 'data' has subsample_size=15")
@@ -172,6 +185,18 @@ def test_refusals_name_the_fix(ranks):
     for out in ranks["no_plate"]:
         assert "has no subsampled plate" in out["message"]
         assert "subsample_size=B" in out["message"]
+    for out in ranks["jit_true"]:
+        assert out["message"].startswith("jit=True is not available with distributed=True")
+
+
+def test_a_set_up_failure_on_one_rank_stops_both_before_step_one(ranks):
+    r0, r1 = ranks["setup_error"]
+    assert r1["type"] == "ValueError"
+    assert r1["message"].startswith("rank 1 cannot take its first shard")
+    assert r0 == {
+        "type": "FitError",
+        "message": "another rank failed the data-parallel fit's set-up (see its error)",
+    }
 
 
 def test_without_a_process_group_the_error_says_how_to_launch():

@@ -194,6 +194,7 @@ def test_a_learning_rate_schedule_reaches_every_step(jit):
 def test_auto_compiles_from_exactly_auto_steps_to_go_and_not_with_callbacks():
     from ppl_vi.engine import AUTO_STEPS
 
+    assert AUTO_STEPS == 200  # the number fit's documentation gives for jit="auto"
     options = {"progress": False, "polish": None, "convergence": None, "seed": 0}
     # step 1 is the first that may be recorded: AUTO_STEPS + 1 steps leave AUTO_STEPS to go
     enough = ppl_vi.fit(normal_normal.model, **DATA, num_steps=AUTO_STEPS + 1, **options)

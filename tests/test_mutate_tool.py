@@ -39,6 +39,11 @@ def test_tests_run_the_mutated_lines_fastest_first_within_the_budget():
     # nothing runs g: the fallback list, else nothing
     assert mutate.select_tests(lines, spans, (10, 10), durations, 100.0) == []
     assert mutate.select_tests(lines, spans, (10, 10), durations, 100.0, ["x.py"]) == ["x.py"]
+    # subprocess tests join whenever the lines themselves run in no in-process test
+    assert mutate.select_tests(lines, spans, (4, 4), durations, 0.5, ["x.py"]) == [
+        "t::fast", "t::other", "x.py",
+    ]  # fmt: skip
+    assert mutate.select_tests(lines, spans, (5, 5), durations, 0.5, ["x.py"]) == ["t::fast"]
 
 
 def test_function_spans_include_decorators_and_put_the_innermost_last():
