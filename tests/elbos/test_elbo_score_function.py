@@ -346,13 +346,8 @@ def test_latent_missing_from_the_guide_falls_back_with_a_warning(float64):
         elbo.loss_and_grads(chain_model, guide_without_b, x)
 
 
-def test_without_batching_rules_one_backward_per_particle_gives_the_same_gradient(
-    float64, monkeypatch
-):
-    model, guide, args = eight_schools_case()
-    elbo = RBScoreFunctionELBO(4)
-    elbo.loss(model, guide, *args)  # guesses max_plate_nesting
-    _, batched = gradients(elbo, model, guide, *args, seed=1)
+def without_batching_rules(monkeypatch):
+    """torch.autograd.grad as on an op without vmap rules: batched gradients raise."""
     grad = torch.autograd.grad
 
     def no_batching(*args, is_grads_batched=False, **kwargs):
@@ -361,6 +356,16 @@ def test_without_batching_rules_one_backward_per_particle_gives_the_same_gradien
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", no_batching)
+
+
+def test_without_batching_rules_one_backward_per_particle_gives_the_same_gradient(
+    float64, monkeypatch
+):
+    model, guide, args = eight_schools_case()
+    elbo = RBScoreFunctionELBO(4)
+    elbo.loss(model, guide, *args)  # guesses max_plate_nesting
+    _, batched = gradients(elbo, model, guide, *args, seed=1)
+    without_batching_rules(monkeypatch)
     _, looped = gradients(elbo, model, guide, *args, seed=1)
     for name in batched:
         torch.testing.assert_close(looped[name], batched[name], rtol=1e-12, atol=1e-12)
@@ -803,14 +808,7 @@ def test_unused_guide_parameter_without_batching_rules(float64, monkeypatch):
     x = torch.tensor([0.3, 1.0, -0.5])
     elbo = RBScoreFunctionELBO(4, max_plate_nesting=1)
     _, batched = gradients(elbo, global_model, guide_with_unused_parameter, x)
-    grad = torch.autograd.grad
-
-    def no_batching(*args, is_grads_batched=False, **kwargs):
-        if is_grads_batched:
-            raise RuntimeError("Batching rule not implemented")
-        return grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    without_batching_rules(monkeypatch)
     _, looped = gradients(elbo, global_model, guide_with_unused_parameter, x)
     for name in batched:
         torch.testing.assert_close(looped[name], batched[name], rtol=1e-12, atol=1e-12)
