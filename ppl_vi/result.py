@@ -15,7 +15,14 @@ import pyro.poutine as poutine
 import torch
 
 from ppl_vi import data, io
-from ppl_vi.infer_util import ModelInfo, device_context, draws, full_plates, model_info
+from ppl_vi.infer_util import (
+    ModelInfo,
+    device_context,
+    draws,
+    full_plates,
+    model_info,
+    user_stacklevel,
+)
 from ppl_vi.predictive import (
     add_posterior_predictive,
     inference_dims,
@@ -187,7 +194,7 @@ class VIResult:
                 "warmup_end": annealing.warmup_end(),
                 "betas": [annealing.beta(t) for t in range(result.num_steps)],
             }
-        if getattr(engine, "jit", False):
+        if engine.jit:
             result.method_info["jit"] = engine.jit_report()
         parallel = getattr(engine, "parallel", None)
         if parallel is not None:  # a data-parallel fit: how many processes made it
@@ -299,7 +306,7 @@ class VIResult:
                     f"{str(e).splitlines()[0][:160]}); draws and log densities use the "
                     "mini-batch the model was given",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
         return self._draw_chunks(num_samples, seed, full=False)
 
@@ -448,7 +455,7 @@ class VIResult:
             self._importance[key].warnings = [w.message for w in caught]
         imp = self._importance[key]
         for message in imp.warnings:  # said on every use, not only the first
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, stacklevel=user_stacklevel())
         return imp
 
     def _compute_importance(self, num: int, seed: int) -> Importance:
@@ -478,7 +485,7 @@ class VIResult:
                 "AutoDelta: MAP or maximum likelihood), so importance weights and k-hat do not "
                 "apply; k-hat is NaN",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),  # importance() records it and says it again
             )
             return True
         return False
@@ -539,7 +546,9 @@ class VIResult:
                 flat = value.detach().cpu().double().reshape(n, -1)
                 sums[name] = sums.get(name, 0.0) + w @ flat
             start += n
-        shapes = {**self.info.latent, **self.info.deterministic}
+        # draws at the mini-batch the model was given (``imp.full`` False) have the traced shapes
+        info = self.info
+        shapes = {**info.latent, **info.deterministic} if imp.full else dict(info.traced)
         means = {k: v.reshape(shapes.get(k, v.shape)).float() for k, v in sums.items()}
         return means, imp.khat
 
