@@ -6,7 +6,8 @@ positions are used as a library), restricted to the realistic ones (``OPERATORS`
 numbers off by one, ``True``/``False``, ``break``/``continue``, loops that never run). Each
 mutant runs only the tests that execute its lines, found from a per-test coverage map (pytest-cov
 contexts over the default suite, built once per source state and cached in ``.mutation/``), the
-fastest first, up to ``--budget`` seconds of measured test time.
+fastest first, up to ``--budget`` seconds of measured test time; a mutant that survives them runs
+again with every covering test up to ``--final-budget`` seconds.
 
 Why not ``cosmic-ray exec`` or mutmut: both rerun a whole test command per mutant (about 3 s of
 torch/pyro import before any test) and cosmic-ray rewrites the file on disk, so no two mutants of
@@ -329,19 +330,24 @@ def run_module(rel: str, cov: dict, args) -> dict:
     log_dir = CACHE / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     check_unmutated(rel, source, lines_map, cov["durations"], log_dir)
-    queue = [(i, m) for i, m in enumerate(todo) if i not in kept]
+    # a mutant that survives the fastest tests within --budget runs again with every covering
+    # test up to --final-budget: "survived" means no test that executes it kills it
+    queue = [(i, m, args.budget) for i, m in enumerate(todo) if i not in kept]
     start = time.perf_counter()
     while queue or running:
         while queue and len(running) < args.workers:
-            i, m = queue.pop(0)
+            i, m, budget = queue.pop(0)
             code = mutated_source(path, m)
             if code is None:
                 continue
             m["diff"] = diff_of(source, code)
-            m["tests"] = args.tests or select_tests(
-                lines_map, spans, m["lines"], cov["durations"], args.budget,
-                SUBPROCESS_TESTS.get(rel, ()),
-            )  # fmt: skip
+            covering = [
+                select_tests(lines_map, spans, m["lines"], cov["durations"], b,
+                             SUBPROCESS_TESTS.get(rel, ()))
+                for b in (budget, args.final_budget)
+            ]  # fmt: skip
+            m["tests"] = args.tests or covering[0]
+            m["more"] = not args.tests and len(covering[1]) > len(covering[0])
             if not m["tests"]:
                 m["outcome"] = "no tests"
                 results.append(m)
@@ -349,13 +355,14 @@ def run_module(rel: str, cov: dict, args) -> dict:
             pid = os.fork()
             if pid == 0:
                 run_child(rel, code, m["tests"], log_dir / f"{i}.log")
-            running[pid] = (m, time.monotonic())
+            limit = args.timeout + 2 * max(0.0, budget - args.budget)
+            running[pid] = (m, time.monotonic(), limit, i)
         time.sleep(0.05)
-        for pid, (m, t0) in list(running.items()):
+        for pid, (m, t0, limit, i) in list(running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 m["outcome"] = classify(os.waitstatus_to_exitcode(status))
-            elif time.monotonic() - t0 > args.timeout:
+            elif time.monotonic() - t0 > limit:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:  # the group's leader exited meanwhile
@@ -364,8 +371,13 @@ def run_module(rel: str, cov: dict, args) -> dict:
                 m["outcome"] = classify(None)
             else:
                 continue
-            m["seconds"] = round(time.monotonic() - t0, 2)
-            results.append(running.pop(pid)[0])
+            m["seconds"] = round(time.monotonic() - t0 + m.get("seconds", 0.0), 2)
+            running.pop(pid)
+            if m["outcome"] == "survived" and m.pop("more"):
+                queue.append((i, m, args.final_budget))
+            else:
+                m.pop("more", None)
+                results.append(m)
     if args.lines or args.tests:  # a probe writes no report
         for m in sorted(results, key=lambda m: tuple(m["lines"])):
             print(f"line {m['lines'][0]} {m['operator']}: {m['outcome']}\n{m['diff']}")
@@ -463,6 +475,9 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="every module in TARGETS")
     parser.add_argument("--workers", type=int, default=2, help="mutants run at once")
     parser.add_argument("--budget", type=float, default=20.0, help="test seconds per mutant")
+    parser.add_argument(
+        "--final-budget", type=float, default=120.0, help="test seconds for a survivor's rerun"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="kill a mutant's tests after")
     parser.add_argument("--limit", type=int, default=0, help="first N mutants per module")
     parser.add_argument("--map-only", action="store_true", help="only build the coverage map")
