@@ -182,10 +182,11 @@ def function_spans(source: str) -> list[tuple[int, int]]:
 
 
 def select_tests(
-    lines_map: dict, spans, lines: tuple, durations: dict, budget: float, extra=()
+    lines_map: dict, spans, lines: tuple, durations: dict, budget: float, extra=(), prefer=""
 ) -> list:
     """Tests that execute the mutated lines, fastest first, up to ``budget`` seconds (at least
-    one). For lines no test executes in-process (run only at import, such as a default
+    one); with ``prefer``, the tests whose id contains it come first. For lines no test
+    executes in-process (run only at import, such as a default
     argument, or only in subprocesses) the tests that run the enclosing function (for module
     level lines, any test of the module), plus the subprocess tests ``extra``."""
     first, last = lines
@@ -198,7 +199,9 @@ def select_tests(
         tests = {t for line, ts in lines_map.items() if lo <= int(line) <= hi for t in ts}
     if not tests:
         return list(extra)
-    ordered = sorted(tests, key=lambda t: (durations.get(t, 1.0), t))
+    ordered = sorted(
+        tests, key=lambda t: (bool(prefer) and prefer not in t, durations.get(t, 1.0), t)
+    )
     chosen, spent = [], 0.0
     for t in ordered:
         if chosen and spent + durations.get(t, 1.0) > budget:
@@ -341,13 +344,14 @@ def run_module(rel: str, cov: dict, args) -> dict:
             if code is None:
                 continue
             m["diff"] = diff_of(source, code)
+            # (the rerun takes the module's own test files first: test_<module>*.py)
             covering = [
                 select_tests(lines_map, spans, m["lines"], cov["durations"], b,
-                             SUBPROCESS_TESTS.get(rel, ()))
-                for b in (budget, args.final_budget)
+                             SUBPROCESS_TESTS.get(rel, ()), prefer)
+                for b, prefer in ((budget, ""), (args.final_budget, Path(rel).stem))
             ]  # fmt: skip
             m["tests"] = args.tests or covering[0]
-            m["more"] = not args.tests and len(covering[1]) > len(covering[0])
+            m["more"] = not args.tests and bool(set(covering[1]) - set(covering[0]))
             if not m["tests"]:
                 m["outcome"] = "no tests"
                 results.append(m)

@@ -123,3 +123,16 @@ def test_mutants_argued_equivalent_leave_the_score_but_a_killed_one_stays_killed
     assert summary["score"] == 0.5 and summary["raw_score"] == round(1 / 3, 4)
     text = (tmp_path / "m.md").read_text()
     assert "(equivalent; 3 tests): unused" in text and "+b = a + 2" in text
+
+
+def test_a_preferred_name_puts_the_modules_own_tests_first():
+    lines = {"5": ["tests/test_a.py::slow", "tests/test_mod.py::own", "tests/test_b.py::fast"]}
+    durations = {"tests/test_a.py::slow": 9.0, "tests/test_mod.py::own": 5.0,
+                 "tests/test_b.py::fast": 0.1}  # fmt: skip
+    spans = mutate.function_spans(SOURCE)
+    assert mutate.select_tests(lines, spans, (5, 5), durations, 6.0, (), "mod") == [
+        "tests/test_mod.py::own", "tests/test_b.py::fast",
+    ]  # fmt: skip
+    assert mutate.select_tests(lines, spans, (5, 5), durations, 6.0) == [
+        "tests/test_b.py::fast", "tests/test_mod.py::own",
+    ]  # fmt: skip
