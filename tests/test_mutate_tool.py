@@ -4,6 +4,8 @@ import importlib.util
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("mutate", ROOT / "benchmarks" / "mutate.py")
 mutate = importlib.util.module_from_spec(spec)
@@ -82,6 +84,7 @@ def test_survivor_reruns_keep_killed_mutants_only_while_the_source_is_unchanged(
 ):
     import json
 
+    pytest.importorskip("cosmic_ray", reason="the mutation extra: pip install -e '.[mutation]'")
     module = tmp_path / "mod.py"
     module.write_text(SOURCE)
     monkeypatch.setattr(mutate, "RESULTS", tmp_path)
