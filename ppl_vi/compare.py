@@ -16,6 +16,7 @@ from scipy.stats import gaussian_kde, wasserstein_distance
 from ppl_vi.diagnostics import (
     KHAT_BAD,
     KHAT_GOOD,
+    draw_losses,
     khat_verdict,
     psis_resample,
     underdispersion,
@@ -274,17 +275,7 @@ class Report:
 
     def _loss(self, ax) -> None:
         if self.losses is not None and len(self.losses):
-            losses = np.asarray(self.losses, float)
-            ax.plot(losses, color="0.75", lw=0.5)
-            w = max(1, min(100, len(losses) // 20))
-            if w > 1:
-                ax.plot(
-                    np.arange(w - 1, len(losses)),
-                    np.convolve(losses, np.ones(w) / w, "valid"),
-                    color="C0",
-                )
-            lo, hi = np.percentile(losses, [1, 99])
-            ax.set_ylim(lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1))
+            draw_losses(ax, self.losses)
         ax.set_xlabel("step")
         ax.set_title(f"{self.vi_label}: loss (negative bound)", fontsize=8)
 
