@@ -1,0 +1,190 @@
+"""compare()'s contract on constructed inputs: flags at their thresholds, the global figures,
+the Markdown and the figure's panels, checked against values computed here independently."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import ppl_vi
+from ppl_vi.compare import components, recommend
+from ppl_vi.models import normal_normal as nn_model
+
+
+def _report(table, **kw):
+    base = dict(khat=0.3, elbo=-1.5, elbo_se=0.25, vi_time=2.0, ref_time=10.0,
+                ref_label="NUTS", vi_label="mf")  # fmt: skip
+    columns = {k: v for k, v in table.items() if k != "index"}
+    return ppl_vi.Report(table=pd.DataFrame(columns, index=table["index"]), **{**base, **kw})
+
+
+def test_components_are_named_as_arviz_names_them_row_major():
+    theta = torch.arange(2 * 2 * 3.0).reshape(2, 2, 3)
+    out = components({"s": np.array([1.0, 2.0]), "theta": theta})
+    assert list(out) == ["s"] + [f"theta[{i},{j}]" for i in range(2) for j in range(3)]
+    np.testing.assert_array_equal(out["theta[1,0]"], [3.0, 9.0])
+    np.testing.assert_array_equal(out["s"], [1.0, 2.0])
+
+
+def test_global_figures_read_the_table():
+    table = {"index": ["a", "b[0]", "b[1]"], "mean_error": [0.1, -0.4, 0.3],
+             "sd_ratio": [1.0, 0.55, 1.7]}  # fmt: skip
+    report = _report(table)
+    assert report.max_mean_error == 0.4  # |-0.4|: the sign does not hide an error
+    # furthest from 1 on the log scale: |log 0.55| = 0.60 > |log 1.7| = 0.53 (not on the
+    # linear scale, where 1.7 is further)
+    assert report.worst_sd_ratio == ("b[0]", 0.55)
+    assert report.speedup == 5.0
+    summary = report.summary()
+    assert summary["median_sd_ratio"] == 1.0 and summary["worst_sd_ratio"] == 0.55
+    assert summary["speedup"] == 5.0 and summary["max_abs_mean_error_sd"] == 0.4
+    assert (summary["vi_time_s"], summary["ref_time_s"]) == (2.0, 10.0)
+    assert _report(table, vi_time=None).speedup is None
+    assert _report(table, ref_time=None).speedup is None
+
+
+def test_markdown_says_what_it_knows_and_only_that():
+    table = {"index": ["a"], "mean_error": [0.123456], "sd_ratio": [0.98765]}
+    md = _report(table, flags=["a: something"]).to_markdown(digits=2)
+    assert md.startswith("**mf** vs **NUTS**\n")
+    assert "- ELBO: -1.50 ± 0.25" in md and "- max |mean error|: 0.123 reference sd" in md
+    assert "- VI wall time: 2.0 s" in md and "- NUTS wall time: 10.0 s" in md
+    assert "- speed-up (reference time / VI time): 5.0x" in md
+    assert "**Warnings**\n\n- a: something" in md
+    assert "0.12 " in md and "0.99 " in md and "0.123456" not in md  # rounded to 2 digits
+    md = _report(table, vi_time=None, ref_time=None).to_markdown()
+    assert "wall time" not in md and "speed-up" not in md and "Warnings" not in md
+
+
+def test_shown_components_take_scalars_then_the_worst_by_error_and_by_ratio():
+    table = {"index": ["b[0]", "b[1]", "b[2]", "b[3]", "tau", "mu"],
+             "mean_error": [0.0, -0.9, 0.1, 0.2, 0.0, 0.0],
+             "sd_ratio": [1.1, 1.0, 1.0, 0.3, 1.0, 1.0]}  # fmt: skip
+    report = _report(table)
+    assert report.shown_components(4) == ["tau", "mu", "b[1]", "b[3]"]
+    # then, alternating, the next worst by error (b[3], shown) and by ratio (b[0])
+    assert report.shown_components(5) == ["tau", "mu", "b[1]", "b[3]", "b[0]"]
+    assert report.shown_components(6) == ["tau", "mu", "b[1]", "b[3]", "b[0]", "b[2]"]
+    assert report.shown_components(1) == ["tau"]
+    assert len(report.shown_components(12)) == 6
+
+
+def _plotted(khat, khat_se):
+    rng = np.random.default_rng(0)
+    ref, vi = rng.normal(1.0, 2.0, 4000), rng.normal(1.5, 1.0, 4000)
+    table = {"index": ["a"], "mean_error": [0.25], "sd_ratio": [0.5], "ref_mean": [ref.mean()],
+             "ref_sd": [ref.std(ddof=1)]}  # fmt: skip
+    report = _report(table, khat=khat, khat_se=khat_se, vi_draws={"a": vi}, ref_draws={"a": ref})
+    fig = report.plot()
+    by_title = {ax.get_title().split(":")[0]: ax for ax in fig.axes}
+    return report, by_title, ref, vi
+
+
+def test_forest_panel_draws_standardised_90_percent_intervals_and_medians():
+    report, axes, ref, vi = _plotted(0.3, 0.05)
+    forest = next(ax for t, ax in axes.items() if "standardised" in ax.get_title())
+    (ref_bar, vi_bar) = (c.get_segments()[0] for c in forest.collections[:2])
+    for bar, draws, y in ((ref_bar, ref, 0.15), (vi_bar, vi, -0.15)):
+        lo, hi = (np.quantile(draws, [0.05, 0.95]) - ref.mean()) / ref.std(ddof=1)
+        np.testing.assert_allclose(bar, [[lo, y], [hi, y]], rtol=1e-12)
+    medians = [line.get_xydata()[0] for line in forest.get_lines() if line.get_marker() == "o"]
+    z = (np.median(vi) - ref.mean()) / ref.std(ddof=1)
+    np.testing.assert_allclose(medians[1], [z, -0.15], rtol=1e-12)
+
+
+def test_marginal_panel_overlays_both_densities_and_names_the_errors():
+    _, axes, _, _ = _plotted(0.3, 0.05)
+    panel = axes["a"]
+    assert panel.get_title() == "a: err +0.25 sd, sd ratio 0.50"
+    assert [line.get_label() for line in panel.get_lines()] == ["NUTS", "mf"]
+
+
+def test_khat_panel_shows_the_estimate_with_two_standard_errors():
+    _, axes, _, _ = _plotted(0.62, 0.05)
+    panel = next(ax for ax in axes.values() if "k-hat" in ax.get_title())
+    assert panel.get_title() == "mf: PSIS k-hat 0.62 +- 0.10 (2 se)"
+    (container,) = panel.containers
+    assert float(container.lines[0].get_ydata()[0]) == pytest.approx(0.62)
+    (segment,) = container.lines[2][0].get_segments()
+    np.testing.assert_allclose(np.asarray(segment, float), [[0.3, 0.52], [0.3, 0.72]])
+    assert panel.get_ylim() == (0.0, 1.2)
+    _, axes, _, _ = _plotted(3.0, float("nan"))  # off the scale, no se: drawn at the top
+    panel = next(ax for ax in axes.values() if "k-hat" in ax.get_title())
+    assert panel.get_title() == "mf: PSIS k-hat 3.00"
+    assert float(panel.containers[0].lines[0].get_ydata()[0]) == pytest.approx(1.15)
+
+
+def test_recommend_thresholds_are_inclusive_where_documented():
+    def one(error, ratios, khat=0.3, khat_se=0.0, seconds=1.0):
+        table = {"index": [f"x[{i}]" for i in range(len(ratios))],
+                 "mean_error": [error] * len(ratios), "sd_ratio": ratios}  # fmt: skip
+        return _report(table, khat=khat, khat_se=khat_se, vi_time=seconds)
+
+    def accepted(report):
+        return recommend({"m": report}).startswith("Use m:")
+
+    assert accepted(one(0.2, [0.8, 1.25])) and accepted(one(-0.2, [1.0]))
+    assert not accepted(one(0.21, [1.0])) and not accepted(one(-0.21, [1.0]))
+    assert not accepted(one(0.1, [0.79, 1.0])) and not accepted(one(0.1, [1.0, 1.26]))
+    assert accepted(one(0.1, [1.0], khat=0.69))
+    assert not accepted(one(0.1, [1.0], khat=0.7))
+    assert not accepted(one(0.1, [1.0], khat=0.6, khat_se=0.05))  # 0.6 + 2 se reaches 0.7
+    text = recommend({"slow": one(0.1, [1.0], seconds=3.0), "quick": one(0.1, [1.0]),
+                      "untimed": one(0.1, [1.0], seconds=None)})  # fmt: skip
+    assert text.startswith("Use quick:") and "Also accurate: slow, untimed." in text
+    assert "10.0x the reference's speed" in text
+    text = recommend({"far": one(0.9, [1.0]), "near": one(0.3, [0.7])})
+    assert text.startswith("Use NUTS:") and "The closest, near, is off by up to 0.30 sd" in text
+    assert "worst sd ratio 0.70 (x[0])" in text
+    with pytest.raises(ValueError, match="at least one Report"):
+        recommend({})
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return ppl_vi.fit(nn_model.model, **nn_model.load_data(), num_steps=300, progress=False,
+                      seed=0)  # fmt: skip
+
+
+def _shifted(fit, shift, scale):
+    """Reference draws that are the fit's own compare draws, moved by ``shift`` of their sd and
+    scaled by ``scale`` about their mean: the mean error is exactly ``-shift / scale`` and the
+    sd ratio exactly ``1 / scale``."""
+    v = fit._draws(1000, 0)[0]["mu"].double().numpy()
+    return {"mu": v.mean() + (v - v.mean()) * scale + shift * v.std(ddof=1)}
+
+
+@pytest.mark.parametrize(("shift", "flagged"), [(0.49, False), (0.51, True), (-0.51, True)])
+def test_mean_errors_beyond_half_a_reference_sd_are_flagged(fit, shift, flagged):
+    report = ppl_vi.compare(fit, _shifted(fit, shift, 1.0), num_samples=1000, warn=False)
+    assert report.table.loc["mu", "mean_error"] == pytest.approx(-shift, rel=1e-9)
+    assert report.table.loc["mu", "sd_ratio"] == pytest.approx(1.0, rel=1e-9)
+    assert any(f.startswith("mu: VI mean is") for f in report.flags) == flagged
+    if flagged:
+        assert f"mu: VI mean is {-shift:+.2f} reference sd off" in report.flags
+
+
+@pytest.mark.parametrize(("ratio", "flagged"), [(0.91, False), (0.89, True)])
+def test_sd_ratios_below_0_9_are_flagged_as_under_dispersion(fit, ratio, flagged):
+    report = ppl_vi.compare(fit, _shifted(fit, 0.0, 1 / ratio), num_samples=1000, warn=False)
+    assert report.table.loc["mu", "sd_ratio"] == pytest.approx(ratio, rel=1e-9)
+    assert any("under-dispersed" in f for f in report.flags) == flagged
+
+
+def test_the_bound_the_times_and_the_label_come_from_the_fit(fit):
+    ref = _shifted(fit, 0.0, 1.0)
+    label = r"mean_field \+ elbo vs reference draws"
+    with pytest.warns(UserWarning, match=label + ": mu: VI mean is -2.00 reference sd off"):
+        report = ppl_vi.compare(fit, _shifted(fit, 2.0, 1.0), num_samples=1000)
+    report = ppl_vi.compare(fit, ref, num_samples=1000, warn=False)
+    lw = fit.importance().log_weights
+    assert report.elbo == pytest.approx(float(lw.mean()), rel=1e-12)
+    assert report.elbo_se == pytest.approx(float(lw.std(ddof=1)) / math.sqrt(len(lw)), rel=1e-9)
+    assert report.khat == fit.importance().khat and report.vi_time == fit.wall_time
+    assert report.ref_time is None and report.ref_label == "reference draws"
+    np.testing.assert_array_equal(report.losses, fit.losses)
+    # independent reference draws: the mean's Monte Carlo SE is 1/sqrt(S) reference sds
+    assert report.table.loc["mu", "ref_mcse"] == pytest.approx(1 / math.sqrt(1000))
+    assert ppl_vi.compare(fit, ref, num_samples=1000, vi_label="x", warn=False).vi_label == "x"
