@@ -2,6 +2,7 @@
 standard error and its warning threshold."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -58,3 +59,34 @@ def test_the_warning_threshold_is_arvizs(wide_fit, draws, good_k):
     out = diagnostics.loo(wide_fit[0], num_samples=draws)
     assert out["good_k"] == pytest.approx(good_k)
     assert out["warning"] == bool((out.pareto_k.values > good_k).any())
+
+
+def test_psis_resample_picks_by_smoothed_weight_from_four_times_as_many_proposals(wide_fit):
+    from ppl_vi.stats import psis, resample_indices
+
+    fit = wide_fit[0]
+    out = diagnostics.psis_resample(fit, 100, seed=3)["mu"]
+    samples, log_p, log_q = fit._draws(400, 3)
+    idx = resample_indices(psis((log_p - log_q).numpy())[0], 100, 3)
+    torch.testing.assert_close(out, samples["mu"][idx], rtol=0, atol=0)
+    few = diagnostics.psis_resample(fit, 100, num_proposals=30, seed=3)["mu"]
+    assert set(few.tolist()) <= set(fit._draws(30, 3)[0]["mu"].tolist())
+
+
+def test_psis_resample_warns_when_the_guide_misses_the_posterior(wide_fit):
+    """Three posterior sds off and half as wide: k-hat 0.9 to 1.3 over seeds."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        data = nn_model.load_data()
+        post = nn_model.exact_posterior(**data)["mu"]
+        init = {"init_loc_fn": {"mu": post.loc + 3 * post.scale},
+                "init_scale": 0.5 * post.scale.item()}  # fmt: skip
+        fit = ppl_vi.fit(nn_model.model, **data, guide_kwargs=init, num_steps=1, lr=1e-9,
+                         polish=None, progress=False)  # fmt: skip
+        with pytest.warns(UserWarning, match="PSIS resampling with k-hat .* >= 0.7"):
+            diagnostics.psis_resample(fit, 1000, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            diagnostics.psis_resample(wide_fit[0], 1000, seed=0)  # k < 0: no warning
+    finally:
+        torch.set_default_dtype(torch.float32)
