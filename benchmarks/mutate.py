@@ -211,6 +211,17 @@ def select_tests(
     return chosen + [t for t in extra if t not in chosen]
 
 
+def mutant_tests(lines_map, spans, lines, durations, budgets, extra, prefer, final):
+    """The tests a mutant runs and whether a survivor runs again: the first pass takes the
+    fastest covering tests within ``budgets[0]``; the rerun (``final``) takes the module's own
+    tests (``prefer``) first, then the fastest, within ``budgets[1]``, and is never repeated."""
+    rerun = select_tests(lines_map, spans, lines, durations, budgets[1], extra, prefer)
+    if final:
+        return rerun, False
+    tests = select_tests(lines_map, spans, lines, durations, budgets[0], extra)
+    return tests, bool(set(rerun) - set(tests))
+
+
 # --------------------------------------------------------------------------------- running
 def module_name(rel: str) -> str:
     parts = Path(rel).with_suffix("").parts
@@ -335,23 +346,22 @@ def run_module(rel: str, cov: dict, args) -> dict:
     check_unmutated(rel, source, lines_map, cov["durations"], log_dir)
     # a mutant that survives the fastest tests within --budget runs again with every covering
     # test up to --final-budget: "survived" means no test that executes it kills it
-    queue = [(i, m, args.budget) for i, m in enumerate(todo) if i not in kept]
+    queue = [(i, m, False) for i, m in enumerate(todo) if i not in kept]
     start = time.perf_counter()
     while queue or running:
         while queue and len(running) < args.workers:
-            i, m, budget = queue.pop(0)
+            i, m, final = queue.pop(0)
             code = mutated_source(path, m)
             if code is None:
                 continue
             m["diff"] = diff_of(source, code)
             # (the rerun takes the module's own test files first: test_<module>*.py)
-            covering = [
-                select_tests(lines_map, spans, m["lines"], cov["durations"], b,
-                             SUBPROCESS_TESTS.get(rel, ()), prefer)
-                for b, prefer in ((budget, ""), (args.final_budget, Path(rel).stem))
-            ]  # fmt: skip
-            m["tests"] = args.tests or covering[0]
-            m["more"] = not args.tests and bool(set(covering[1]) - set(covering[0]))
+            tests, more = mutant_tests(
+                lines_map, spans, m["lines"], cov["durations"], (args.budget, args.final_budget),
+                SUBPROCESS_TESTS.get(rel, ()), Path(rel).stem, final,
+            )  # fmt: skip
+            m["tests"] = args.tests or tests
+            m["more"] = not args.tests and more
             if not m["tests"]:
                 m["outcome"] = "no tests"
                 results.append(m)
@@ -359,7 +369,7 @@ def run_module(rel: str, cov: dict, args) -> dict:
             pid = os.fork()
             if pid == 0:
                 run_child(rel, code, m["tests"], log_dir / f"{i}.log")
-            limit = args.timeout + 2 * max(0.0, budget - args.budget)
+            limit = args.timeout + (2 * (args.final_budget - args.budget) if final else 0.0)
             running[pid] = (m, time.monotonic(), limit, i)
         time.sleep(0.05)
         for pid, (m, t0, limit, i) in list(running.items()):
@@ -378,7 +388,7 @@ def run_module(rel: str, cov: dict, args) -> dict:
             m["seconds"] = round(time.monotonic() - t0 + m.get("seconds", 0.0), 2)
             running.pop(pid)
             if m["outcome"] == "survived" and m.pop("more"):
-                queue.append((i, m, args.final_budget))
+                queue.append((i, m, True))
             else:
                 m.pop("more", None)
                 results.append(m)

@@ -139,3 +139,19 @@ def test_a_preferred_name_puts_the_modules_own_tests_first():
     assert mutate.select_tests(lines, spans, (5, 5), durations, 6.0) == [
         "tests/test_b.py::fast", "tests/test_mod.py::own",
     ]  # fmt: skip
+
+
+def test_a_survivor_runs_again_once_with_the_modules_own_tests_first():
+    lines = {"5": ["tests/test_a.py::mid", "tests/test_mod.py::own", "tests/test_b.py::fast"]}
+    durations = {"tests/test_a.py::mid": 4.0, "tests/test_mod.py::own": 5.0,
+                 "tests/test_b.py::fast": 0.1}  # fmt: skip
+    spans = mutate.function_spans(SOURCE)
+    args = (lines, spans, (5, 5), durations, (1.0, 6.0), (), "mod")
+    assert mutate.mutant_tests(*args, False) == (["tests/test_b.py::fast"], True)
+    # within 6 s the rerun takes own + fast where fastest-first would take fast + mid: the
+    # selections differ, and the rerun must still not ask for another (it would loop)
+    assert mutate.mutant_tests(*args, True) == (
+        ["tests/test_mod.py::own", "tests/test_b.py::fast"], False,
+    )  # fmt: skip
+    everything = (lines, spans, (5, 5), durations, (20.0, 20.0), (), "mod")
+    assert mutate.mutant_tests(*everything, False)[1] is False  # the first pass ran them all
