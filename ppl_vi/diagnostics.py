@@ -52,7 +52,7 @@ def draw_losses(ax, losses) -> None:
     losses = np.asarray(losses, dtype=float)
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, color="0.75", lw=0.6, label="loss per step")
-    window = max(1, min(100, len(losses) // 20))
+    window = min(100, len(losses) // 20)
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, color="C0", lw=1.5, label=f"mean of {window} steps")
