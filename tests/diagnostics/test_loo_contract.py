@@ -14,19 +14,25 @@ from ppl_vi import diagnostics
 from ppl_vi.models import normal_normal as nn_model
 
 
+def guide_off_by(shift, scale):
+    """A normal-mean fit whose guide is ``shift`` posterior sds off and ``scale`` times as wide
+    (one step at lr 1e-9: the guide stays where it starts)."""
+    data = nn_model.load_data()
+    post = nn_model.exact_posterior(**data)["mu"]
+    init = {"init_loc_fn": {"mu": post.loc + shift * post.scale},
+            "init_scale": scale * post.scale.item()}  # fmt: skip
+    fit = ppl_vi.fit(nn_model.model, **data, guide_kwargs=init, num_steps=1, lr=1e-9,
+                     polish=None, progress=False)  # fmt: skip
+    return fit, data, post
+
+
 @pytest.fixture(scope="module")
 def wide_fit():
     """A guide half a posterior sd off and 1.5 times as wide: the importance weights matter
     (unweighted guide draws give p_loo 0.14 instead of 0.51) and PSIS is reliable (k < 0)."""
     torch.set_default_dtype(torch.float64)
     try:
-        data = nn_model.load_data()
-        post = nn_model.exact_posterior(**data)["mu"]
-        init = {"init_loc_fn": {"mu": post.loc + 0.5 * post.scale},
-                "init_scale": 1.5 * post.scale.item()}  # fmt: skip
-        fit = ppl_vi.fit(nn_model.model, **data, guide_kwargs=init, num_steps=1, lr=1e-9,
-                         polish=None, progress=False)  # fmt: skip
-        yield fit, data, post
+        yield guide_off_by(0.5, 1.5)
     finally:
         torch.set_default_dtype(torch.float32)
 
@@ -77,12 +83,7 @@ def test_psis_resample_warns_when_the_guide_misses_the_posterior(wide_fit):
     """Three posterior sds off and half as wide: k-hat 0.9 to 1.3 over seeds."""
     torch.set_default_dtype(torch.float64)
     try:
-        data = nn_model.load_data()
-        post = nn_model.exact_posterior(**data)["mu"]
-        init = {"init_loc_fn": {"mu": post.loc + 3 * post.scale},
-                "init_scale": 0.5 * post.scale.item()}  # fmt: skip
-        fit = ppl_vi.fit(nn_model.model, **data, guide_kwargs=init, num_steps=1, lr=1e-9,
-                         polish=None, progress=False)  # fmt: skip
+        fit = guide_off_by(3.0, 0.5)[0]
         with pytest.warns(UserWarning, match="PSIS resampling with k-hat .* >= 0.7"):
             diagnostics.psis_resample(fit, 1000, seed=0)
         with warnings.catch_warnings():
