@@ -345,7 +345,7 @@ def run_module(rel: str, cov: dict, args) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     check_unmutated(rel, source, lines_map, cov["durations"], log_dir)
     # a mutant that survives the fastest tests within --budget runs again with every covering
-    # test up to --final-budget: "survived" means no test that executes it kills it
+    # test (the module's own first) up to --final-budget, once, before it counts as survived
     queue = [(i, m, False) for i, m in enumerate(todo) if i not in kept]
     start = time.perf_counter()
     while queue or running:

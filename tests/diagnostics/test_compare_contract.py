@@ -78,13 +78,14 @@ def _plotted(khat, khat_se):
              "ref_sd": [ref.std(ddof=1)]}  # fmt: skip
     report = _report(table, khat=khat, khat_se=khat_se, vi_draws={"a": vi}, ref_draws={"a": ref})
     fig = report.plot()
-    by_title = {ax.get_title().split(":")[0]: ax for ax in fig.axes}
-    return report, by_title, ref, vi
+    # panel name -> axes; the forest, loss and k-hat panels are found by their titles below
+    by_title = {ax.get_title().split(":")[0]: ax for ax in fig.axes if ":" in ax.get_title()}
+    return report, {**by_title, "all": fig.axes}, ref, vi
 
 
 def test_forest_panel_draws_standardised_90_percent_intervals_and_medians():
     report, axes, ref, vi = _plotted(0.3, 0.05)
-    forest = next(ax for t, ax in axes.items() if "standardised" in ax.get_title())
+    forest = next(ax for ax in axes["all"] if "standardised" in ax.get_title())
     (ref_bar, vi_bar) = (c.get_segments()[0] for c in forest.collections[:2])
     for bar, draws, y in ((ref_bar, ref, 0.15), (vi_bar, vi, -0.15)):
         lo, hi = (np.quantile(draws, [0.05, 0.95]) - ref.mean()) / ref.std(ddof=1)
@@ -103,7 +104,7 @@ def test_marginal_panel_overlays_both_densities_and_names_the_errors():
 
 def test_khat_panel_shows_the_estimate_with_two_standard_errors():
     _, axes, _, _ = _plotted(0.62, 0.05)
-    panel = next(ax for ax in axes.values() if "k-hat" in ax.get_title())
+    panel = next(ax for ax in axes["all"] if "k-hat" in ax.get_title())
     assert panel.get_title() == "mf: PSIS k-hat 0.62 +- 0.10 (2 se)"
     (container,) = panel.containers
     assert float(container.lines[0].get_ydata()[0]) == pytest.approx(0.62)
@@ -111,7 +112,7 @@ def test_khat_panel_shows_the_estimate_with_two_standard_errors():
     np.testing.assert_allclose(np.asarray(segment, float), [[0.3, 0.52], [0.3, 0.72]])
     assert panel.get_ylim() == (0.0, 1.2)
     _, axes, _, _ = _plotted(3.0, float("nan"))  # off the scale, no se: drawn at the top
-    panel = next(ax for ax in axes.values() if "k-hat" in ax.get_title())
+    panel = next(ax for ax in axes["all"] if "k-hat" in ax.get_title())
     assert panel.get_title() == "mf: PSIS k-hat 3.00"
     assert float(panel.containers[0].lines[0].get_ydata()[0]) == pytest.approx(1.15)
 
