@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyro.infer.autoguide import AutoNormal
 
-from ._base import check_init_scale, continuous_only, resolve_init_loc_fn
+from ._base import check_init_scale, continuous_only, init_kwargs, resolve_init_loc_fn
 
 
 class MeanField(AutoNormal):
@@ -60,7 +60,4 @@ class MeanField(AutoNormal):
 
     def get_config(self) -> dict:
         """Constructor arguments that determine the guide's structure (used by ``load``)."""
-        config = {"init_scale": self._init_scale}
-        if self._init_loc_spec is not None:
-            config["init_loc_fn"] = self._init_loc_spec
-        return config
+        return init_kwargs(self)
