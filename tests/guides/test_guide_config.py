@@ -58,3 +58,34 @@ def test_the_named_strategy_sets_the_start():
     guide()
     assert guide.locs.scale.item() == pytest.approx(0.5, abs=1e-6)
     assert math.isclose(guide.median()["scale"].item(), math.exp(0.5), rel_tol=1e-6)
+
+
+DEFAULTS = {
+    MeanField: {},
+    FullRank: {},
+    LowRank: {"rank": None},
+    GaussianMixture: {"num_components": 2},
+    IAF: {"num_flows": 2, "hidden_dims": None, "permute": True},
+    HVM: {"hidden_dim": None, "prior_flows": 0},
+}
+
+
+@pytest.mark.parametrize("cls", GUIDES, ids=lambda c: c.__name__)
+def test_the_documented_defaults(cls):
+    config = cls(model).get_config()
+    assert config == {**DEFAULTS[cls], "init_loc_fn": "feasible", "init_scale": 0.1}
+
+
+@pytest.mark.parametrize(("cls", "arg"), [(LowRank, "rank"), (GaussianMixture, "num_components")])
+@pytest.mark.parametrize("value", [0, -1, 1.5, 2.0, True, "2"])
+def test_counts_must_be_positive_integers(cls, arg, value):
+    with pytest.raises(ValueError, match=arg):
+        cls(model, **{arg: value})
+
+
+@pytest.mark.parametrize(("cls", "arg"), [(LowRank, "rank"), (GaussianMixture, "num_components")])
+def test_a_count_of_one_is_accepted(cls, arg):
+    pyro.clear_param_store()
+    guide = cls(model, **{arg: 1})
+    assert guide.get_config()[arg] == 1
+    assert set(guide()) == {"scale"}
