@@ -216,3 +216,97 @@ def test_reversals_make_the_jacobian_full_and_log_det_exact(float64, permute):
         assert upper == 0.0
     log_det = flow.log_abs_det_jacobian(x, flow(x))
     assert log_det.item() == pytest.approx(torch.linalg.slogdet(jac).logabsdet.item(), abs=1e-10)
+
+
+def test_each_untrained_step_is_the_documented_sigmoid_2_contraction(float64):
+    from ppl_vi.guides.iaf import iaf_transform
+
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for k in (1, 2, 3):
+        flow = iaf_transform(3, num_flows=k, hidden_dims=[9], permute=False)
+        gate = 1.0 / (1.0 + math.exp(-2.0))  # sigmoid(2), Kingma et al.'s forget-gate start
+        torch.testing.assert_close(flow(x), gate**k * x, rtol=1e-12, atol=1e-12)
+
+
+def test_hidden_dims_checks_at_their_bounds():
+    for bad in ([0], [1.5], ["2"], [True], [8, 0]):
+        with pytest.raises(ValueError, match=r"hidden_dims must be a non-empty list"):
+            IAF(constrained_model, hidden_dims=bad)
+
+    def one_dim():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+
+    pyro.clear_param_store()
+    assert set(IAF(one_dim, hidden_dims=[1])()) == {"a"}  # D = 1: a width of 1 is enough
+    pyro.clear_param_store()
+    assert set(IAF(constrained_model, hidden_dims=[5, 5])()) == {"s", "p", "v"}  # width D
+    with pytest.raises(ValueError, match=r"e\.g\. hidden_dims=\[15, 15\]"):
+        IAF(constrained_model, hidden_dims=[5, 4])()
+
+
+def test_default_networks_have_two_hidden_layers_of_width_3d():
+    pyro.clear_param_store()
+    guide = IAF(constrained_model)
+    guide()
+    steps = [t for t in guide.transform.parts if hasattr(t, "arn")]
+    assert len(steps) == 2
+    for step in steps:
+        widths = [layer.out_features for layer in step.arn.layers[:-1]]
+        assert widths == [15, 15]
+
+
+def test_base_distribution_is_a_standard_normal_vector(float64):
+    pyro.clear_param_store()
+    guide = IAF(constrained_model)
+    guide()
+    base = guide.get_base_dist()
+    assert (base.batch_shape, base.event_shape) == (torch.Size(), torch.Size([5]))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    torch.testing.assert_close(base.log_prob(x), expected)
+
+
+def test_diagonal_affine_keeps_the_transform_contract(float64):
+    """As torch's transform tests check: inverse, batched log |det J| against autograd, and the
+    declared bijectivity and sign (positive scales: increasing in every coordinate)."""
+    from ppl_vi.guides.iaf import DiagonalAffine
+
+    gen = torch.Generator().manual_seed(1)
+    loc = torch.randn(3, generator=gen, dtype=torch.float64)
+    scale = torch.tensor([0.5, 2.0, 1.3], dtype=torch.float64)
+    t = DiagonalAffine(loc, scale)
+    torch.testing.assert_close(t.scale, scale)
+    x = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    y = t(x)
+    torch.testing.assert_close(t.inv(y), x)
+    ladj = t.log_abs_det_jacobian(x, y)
+    assert ladj.shape == (6,)
+    jac = torch.autograd.functional.jacobian(t, x[0])
+    torch.testing.assert_close(ladj, torch.linalg.slogdet(jac).logabsdet.expand(6))
+    assert t.bijective is True
+    assert t.sign == torch.linalg.slogdet(jac).sign.item() == 1
+
+
+def test_median_and_quantiles_of_the_untrained_guide(float64):
+    # Untrained, the guide is exactly N(init_loc, s0^2) in unconstrained space: the summary
+    # from 1000 draws is within 4 Monte Carlo standard errors of it.
+    def model():
+        pyro.sample("v", dist.Normal(torch.tensor([1.0, -2.0, 0.5]), 1.0).to_event(1))
+
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    guide = IAF(model, init_loc_fn="mean", init_scale=0.3)
+    guide()
+    median = guide.median()["v"]
+    assert median.shape == (3,)
+    torch.testing.assert_close(
+        median,
+        torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
+        atol=4 * 0.3 / 1000**0.5,
+        rtol=0,
+    )
+    lo, hi = guide.quantiles([0.1, 0.9])["v"]
+    width = (hi - lo) / (2 * 1.2815515655446004)  # the sd, from the 10% and 90% quantiles
+    torch.testing.assert_close(
+        width, torch.full((3,), 0.3, dtype=torch.float64), atol=4 * 0.3 / (2 * 1000) ** 0.5, rtol=0
+    )
