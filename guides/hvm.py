@@ -49,7 +49,8 @@ class HVM(AutoContinuous):
     :math:`\mathbb{E}_q[\mathrm{KL}(q(\lambda \mid u) \,\|\, r(\lambda \mid u))]`.
     :math:`T` maps :math:`u` to the constrained values (``biject_to`` of each site's support).
     :math:`q(\lambda; \theta)` is :math:`\mathcal{N}(m, \operatorname{diag} t^2)`, pushed through
-    ``prior_flows`` gated IAF steps (as in :class:`~ppl_vi.guides.iaf.IAF`) when that is > 0;
+    ``prior_flows`` gated IAF steps (as in :class:`~ppl_vi.guides.iaf.IAF`, with reversals
+    between steps and two hidden layers of :math:`3 \max(D, 2)` units) when that is > 0;
     :math:`m` starts at ``init_loc_fn``, and :math:`t`, :math:`\sigma` and the initial
     :math:`s_\phi` at ``init_scale``; :math:`\mu_\phi(u) = u + \mathrm{MLP}(u)` and
     :math:`s_\phi(u) = \operatorname{softplus}(\mathrm{MLP}(u) + c)` share one tanh MLP with
