@@ -550,3 +550,48 @@ def test_bad_arguments():
         Ladder(lv.model, data_plate=3)
     with pytest.raises(ValueError, match="init_scale must be > 0"):
         Ladder(lv.model, init_scale=0.0)
+
+
+def _laplace_top_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z2 = pyro.sample("z2", dist.Laplace(0.0, 1.0))  # the top layer's prior is not merged
+        z1 = pyro.sample("z1", dist.Normal(z2, 1.0))
+        pyro.sample("x", dist.Normal(z1, 1.0), obs=x)
+
+
+def test_the_top_layer_may_have_any_real_prior():
+    # Only the layers below the top are merged with the model's conditional (eq. 19), so only
+    # they must be Normal.
+    values = Ladder(_laplace_top_model, hidden_dims=2)(torch.zeros(3))
+    assert values["z1"].shape == values["z2"].shape == (3,)
+
+
+def test_width_bounds_and_keyword_only_options():
+    x = torch.zeros(3)
+    pyro.clear_param_store()
+    assert Ladder(_laplace_model, hidden_dims=1, inference="bottom_up")(x)["z1"].shape == (3,)
+    pyro.clear_param_store()
+    assert Ladder(_laplace_model, hidden_dims=[1, 1], inference="bottom_up")(x)["z2"].shape == (3,)
+    for bad in (0, [1.5, 2], [True, 2], [2, -1]):
+        with pytest.raises(ValueError, match=r"hidden_dims must hold integers >= 1"):
+            Ladder(lv.model, hidden_dims=bad)
+    with pytest.raises(TypeError):
+        Ladder(lv.model, 8)
+
+
+def test_a_replayed_guide_reads_the_replayed_batch(float64):
+    """Replaying a guide trace (as DReG and the importance weights do) on a subsampled plate
+    gives the recorded indices: the bottom-up pass must read those rows, not the rows of the
+    fresh subsample the model draws on the new call, so each layer's density is unchanged."""
+    data = lv.load_data(n=40)
+    pyro.clear_param_store()
+    guide = Ladder(lv.model, hidden_dims=4)
+    pyro.set_rng_seed(0)
+    first = poutine.trace(guide).get_trace(**data, subsample_size=6)
+    first.compute_log_prob()
+    pyro.set_rng_seed(1)  # another subsample on the model's own call
+    again = poutine.trace(poutine.replay(guide, trace=first)).get_trace(**data, subsample_size=6)
+    again.compute_log_prob()
+    torch.testing.assert_close(again.nodes["data"]["value"], first.nodes["data"]["value"])
+    for name in ("z1", "z2"):
+        torch.testing.assert_close(again.nodes[name]["log_prob"], first.nodes[name]["log_prob"])
