@@ -492,8 +492,10 @@ def amortization_gap(
 
 
 def _gap(guide, args, kwargs, num_steps, num_particles, lr) -> AmortizationGap:
-    if guide.prototype_trace is None:
+    if guide.prototype_trace is None:  # building draws from the prior: not from the seeded stream
+        state = pyro.util.get_rng_state()
         guide._setup_prototype(*args, **kwargs)
+        pyro.util.set_rng_state(state)
     idx, x, full = guide._observed_batch(args, kwargs)
     if len(idx) != full:
         raise ValueError(
