@@ -188,7 +188,8 @@ def select_tests(
     one); with ``prefer``, the tests whose id contains it come first. For lines no test
     executes in-process (run only at import, such as a default
     argument, or only in subprocesses) the tests that run the enclosing function (for module
-    level lines, any test of the module), plus the subprocess tests ``extra``."""
+    level lines, any test of the module) and the other tests of their files, plus the
+    subprocess tests ``extra``."""
     first, last = lines
     tests = {t for line in range(first, last + 1) for t in lines_map.get(str(line), ())}
     if tests:
@@ -197,6 +198,11 @@ def select_tests(
         enclosing = [s for s in spans if s[0] <= first and last <= s[1]]
         lo, hi = enclosing[-1] if enclosing else (1, 10**9)
         tests = {t for line, ts in lines_map.items() if lo <= int(line) <= hi for t in ts}
+        # a signature: a call that fails to bind (keyword-only, a missing default) raises
+        # before the body runs, so no coverage names its test; the rest of the test files
+        # that exercise the function join
+        files = {t.split("::")[0] for t in tests}
+        tests |= {t for t in durations if t.split("::")[0] in files}
     if not tests:
         return list(extra)
     ordered = sorted(

@@ -31,6 +31,12 @@ def test_tests_run_the_mutated_lines_fastest_first_within_the_budget():
     lines = {"5": ["t::slow", "t::fast", "t::mid"], "6": ["t::other"]}
     durations = {"t::slow": 9.0, "t::fast": 0.1, "t::mid": 1.0, "t::other": 0.2}
     spans = mutate.function_spans(SOURCE)
+    # a signature's mutant also runs the rest of those tests' files (a call that fails to
+    # bind runs none of the body), not tests of other files
+    binds = {**durations, "t::binds": 0.05, "u::unrelated": 0.01}
+    assert mutate.select_tests(lines, spans, (4, 4), binds, 0.2) == ["t::binds", "t::fast"]
+    assert "u::unrelated" not in mutate.select_tests(lines, spans, (4, 4), binds, 100.0)
+    assert mutate.select_tests(lines, spans, (5, 5), binds, 0.5) == ["t::fast"]
     assert mutate.select_tests(lines, spans, (5, 5), durations, 2.0) == ["t::fast", "t::mid"]
     # at least one test even when the fastest alone exceeds the budget
     assert mutate.select_tests(lines, spans, (5, 5), durations, 0.01) == ["t::fast"]

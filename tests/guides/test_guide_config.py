@@ -79,7 +79,7 @@ def test_the_documented_defaults(cls):
 @pytest.mark.parametrize(("cls", "arg"), [(LowRank, "rank"), (GaussianMixture, "num_components")])
 @pytest.mark.parametrize("value", [0, -1, 1.5, 2.0, True, "2"])
 def test_counts_must_be_positive_integers(cls, arg, value):
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ValueError, match=f"{arg} must be an integer >= 1"):
         cls(model, **{arg: value})
 
 
