@@ -196,8 +196,9 @@ def test_default_widths_of_the_reverse_model_and_the_prior_flows():
     ]
 
 
-def test_guide_density_per_draw_in_a_vectorized_plate(float64):
-    """The auxiliary formula per draw of a plate of particles, with a vector site whose
+@pytest.mark.parametrize("batch", [(5,), (2, 3, 4)], ids=["one plate", "three plates"])
+def test_guide_density_per_draw_in_a_vectorized_plate(float64, batch):
+    """The auxiliary formula per draw of plates of particles, with a vector site whose
     constraining Jacobian is elementwise (summed over its event, not over the particles)."""
     pyro.clear_param_store()
     guide = HVM(vector_model, prior_flows=1, init_scale=0.4)
@@ -205,13 +206,15 @@ def test_guide_density_per_draw_in_a_vectorized_plate(float64):
     with torch.no_grad():  # away from the symmetric start
         for p in guide.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    with pyro.plate("_n", 5, dim=-1):
+    with contextlib.ExitStack() as stack:
+        for i, size in enumerate(batch):
+            stack.enter_context(pyro.plate(f"_n{i}", size, dim=i - len(batch)))
         trace = pyro.poutine.trace(guide).get_trace()
     trace.compute_log_prob()
     total = sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
-    assert total.shape == (5,)
-    lam = trace.nodes["_HVM_lambda"]["value"]  # (5, 3)
-    s, w = trace.nodes["s"]["value"], trace.nodes["w"]["value"]  # (5,), (5, 2)
+    assert total.shape == batch
+    lam = trace.nodes["_HVM_lambda"]["value"]  # (*batch, 3)
+    s, w = trace.nodes["s"]["value"], trace.nodes["w"]["value"]  # batch, (*batch, 2)
     u = torch.cat([s.log().unsqueeze(-1), w.log()], -1)
     expected = (
         guide.get_prior().log_prob(lam)
