@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from test_guide_amortized import _mixed_model  # a global mean, a local offset per datum
 from torch import nn
 from torch.distributions import Normal
 
@@ -73,13 +74,6 @@ def _ppca_elbo(x, data, loc, raw, eps):
     prior = Normal(torch.zeros(()), torch.ones(())).log_prob(z).sum(-1)
     like = Normal(z @ data["W"].T + data["mu"], data["sigma"]).log_prob(x).sum(-1)
     return prior + like - Normal(loc, scale).log_prob(z).sum(-1)
-
-
-def _mixed_model(x):
-    mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(mu, 1.0))
-        pyro.sample("x", dist.Normal(z, 0.5), obs=x)
 
 
 # ---------------------------------------------------------------- arguments

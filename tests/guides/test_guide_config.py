@@ -89,3 +89,27 @@ def test_a_count_of_one_is_accepted(cls, arg):
     guide = cls(model, **{arg: 1})
     assert guide.get_config()[arg] == 1
     assert set(guide()) == {"scale"}
+
+
+@pytest.mark.parametrize(("cls", "sd"), [(IAF, 0.3), (HVM, 0.3 * math.sqrt(2))], ids=["IAF", "HVM"])
+def test_median_and_quantiles_summarise_the_untrained_guide(float64, cls, sd):
+    """Untrained, IAF is exactly N(m0, s0^2) in unconstrained space and HVM's marginal
+    N(m0, 2 s0^2) (prior and likelihood both at s0): the Gaussian summary behind median() and
+    quantiles(), from 1000 draws, is within 4 Monte Carlo standard errors of it."""
+
+    def vector_model():
+        pyro.sample("v", dist.Normal(torch.tensor([1.0, -2.0, 0.5]), 1.0).to_event(1))
+
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    guide = cls(vector_model, init_loc_fn="mean", init_scale=0.3)
+    guide()
+    median = guide.median()["v"]
+    assert median.shape == (3,)
+    expected = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(median, expected, atol=4 * sd / 1000**0.5, rtol=0)
+    lo, hi = guide.quantiles([0.1, 0.9])["v"]
+    width = (hi - lo) / (2 * 1.2815515655446004)  # the sd, from the 10% and 90% quantiles
+    torch.testing.assert_close(
+        width, torch.full((3,), sd, dtype=torch.float64), atol=4 * sd / 2000**0.5, rtol=0
+    )
