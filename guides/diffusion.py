@@ -263,9 +263,9 @@ class DiffusionChain(PyroModule):
                 f"num_diffusion_steps={self.num_diffusion_steps} (got {len(latent)} latent "
                 f"sites: {latent[:3]}...); pass the model's number of steps"
             )
-        plate = trace.nodes[self.plate_name]
-        self._plate_size = frames[0].size
-        self._subsample_size = len(plate["value"]) if plate["value"] is not None else None
+        # the plate's subsample site holds the full size (its frame holds the mini-batch's)
+        plate = trace.nodes[self.plate_name]["fn"]
+        self._plate_size, self._subsample_size = plate.size, plate.subsample_size
         self.prototype_trace = trace
 
     def _data(self, args, kwargs) -> torch.Tensor:

@@ -198,9 +198,7 @@ def test_guide_samples_exactly_z1_to_zT_in_the_subsampled_plate(program):
     assert samples == {f"z_{t}" for t in range(1, 6)}
     for t in range(1, 6):
         assert trace.nodes[f"z_{t}"]["value"].shape == (16, 2)
-    idx = trace.nodes["data"]["value"]
-    assert len(idx) == 16
-    assert not torch.equal(idx, torch.arange(16))  # a random subsample, not the first rows
+    assert len(trace.nodes["data"]["value"]) == 16
     full = pyro.poutine.trace(getattr(DiffusionChain(dc.model, **KW), program)).get_trace(
         **data, **KW
     )
@@ -208,17 +206,16 @@ def test_guide_samples_exactly_z1_to_zT_in_the_subsampled_plate(program):
     assert torch.equal(full.nodes["data"]["value"], torch.arange(40))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _setup_prototype takes the plate size from the cond_indep_stack frame, whose "
-    "size is the subsample size, so the guide subsamples 16 of the first 16 rows with scale 1",
-)
 def test_subsampled_guide_plate_has_the_full_size_and_its_scale():
+    # The guide's plate is the model's: full size 40, mini-batches of 16 drawn from all rows
+    # (a plate built from the frame's size, 16, would only ever see the first 16 rows).
     data = dc.load_data("ring", num_data=40)
     guide = DiffusionChain(dc.model, **KW)
     trace = pyro.poutine.trace(guide).get_trace(**data, **KW, subsample_size=16)
     assert trace.nodes["z_1"]["scale"] == pytest.approx(40 / 16)
     assert trace.nodes["data"]["fn"].size == 40
+    draws = [pyro.poutine.trace(guide).get_trace(**data, **KW, subsample_size=16) for _ in range(5)]
+    assert max(int(t.nodes["data"]["value"].max()) for t in draws) >= 16  # rows past the 16th
 
 
 # ---- DiffusionELBO estimators ----------------------------------------------------------------
@@ -238,16 +235,14 @@ def _loss_pairs(elbos, data, kw, n):
     return np.array(out)
 
 
-@pytest.mark.parametrize(
-    "t_max, vectorize, num_particles", [(5, False, 1), (5, True, 3), (3, True, 2)]
-)
+@pytest.mark.parametrize("t_max, vectorize, num_particles", [(5, False, 1), (4, True, 3)])
 def test_uniform_step_estimator_is_unbiased_for_the_sum(t_max, vectorize, num_particles, float64):
     """(T - 1) KL_{t_i} with t_i ~ U{2..T} vs the sum, paired on the same draws of z_t."""
     data = dc.load_data("gaussian", num_data=4)
     kw = dict(num_diffusion_steps=t_max, beta_max=0.3)
     opts = dict(num_particles=num_particles, vectorize_particles=vectorize)
     losses = _loss_pairs(
-        [DiffusionELBO(steps="all", **opts), DiffusionELBO(steps="uniform", **opts)], data, kw, 200
+        [DiffusionELBO(steps="all", **opts), DiffusionELBO(steps="uniform", **opts)], data, kw, 80
     )
     diff = losses[:, 1] - losses[:, 0]
     assert diff.std() > 0  # the pick is random
@@ -259,9 +254,9 @@ def test_small_chains_are_unbiased_for_the_full_chain_elbo(t_max, float64):
     data = dc.load_data("gaussian", num_data=3)
     kw = dict(num_diffusion_steps=t_max, beta_min=0.1, beta_max=0.3)
     guide = DiffusionChain(dc.model, **kw)
-    rb = np.array([-DiffusionELBO().loss(dc.model, guide, **data, **kw) for _ in range(300)])
+    rb = np.array([-DiffusionELBO().loss(dc.model, guide, **data, **kw) for _ in range(150)])
     full = np.array(
-        [-pyro.infer.Trace_ELBO().loss(dc.model, guide, **data, **kw) for _ in range(300)]
+        [-pyro.infer.Trace_ELBO().loss(dc.model, guide, **data, **kw) for _ in range(150)]
     )
     assert np.isfinite(rb).all()
     se = math.sqrt(rb.var() / len(rb) + full.var() / len(full))
@@ -282,7 +277,7 @@ def test_loss_is_the_average_over_particles(float64):
     pair = two.loss(dc.model, guide, **data, **KW)
     assert pair == pytest.approx(sum(singles) / 2, rel=1e-12)
     # and in expectation: 2 particles and 1 particle estimate the same loss
-    a = np.array([one.loss(dc.model, guide, **data, **KW) for _ in range(200)])
-    b = np.array([two.loss(dc.model, guide, **data, **KW) for _ in range(100)])
+    a = np.array([one.loss(dc.model, guide, **data, **KW) for _ in range(60)])
+    b = np.array([two.loss(dc.model, guide, **data, **KW) for _ in range(30)])
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))
     assert abs(a.mean() - b.mean()) < 4 * se
