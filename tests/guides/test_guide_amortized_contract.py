@@ -488,3 +488,13 @@ def test_every_encoder_parameter_enters_the_param_store():
     store["Amortized.encoder.bias"] = torch.tensor([0.25, -0.5, 0.0, 0.0])
     loc, _ = guide.local_params(**data)["z"]
     torch.testing.assert_close(loc, torch.tensor([0.25, -0.5]).expand(5, 2))
+
+
+def test_documented_constructor_defaults():
+    assert Amortized(ppca.model).get_config() == {
+        "hidden_dims": [64],
+        "data_plate": None,
+        "init_scale": 0.1,
+        "refine_steps": 0,
+        "refine_lr": 0.01,
+    }
