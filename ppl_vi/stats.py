@@ -168,8 +168,8 @@ def khat_verdict(khat: float, se: float | None = None) -> str:
                     return f"k-hat {khat:.3f} in [{KHAT_GOOD}, {KHAT_BAD}): {text}"
                 return f"k-hat {khat:.3f} >= {KHAT_BAD}: {text}"
     low, high = khat - 2 * se, khat + 2 * se
-    crossed = [b for b in (KHAT_GOOD, KHAT_BAD) if low < b <= high]
-    span = f"({low:.2f} to {high:.2f}" + (f", across {crossed[0]})" if crossed else ")")
+    crossed = " and ".join(str(b) for b in (KHAT_GOOD, KHAT_BAD) if low < b <= high)
+    span = f"({low:.2f} to {high:.2f}" + (f", across {crossed})" if crossed else ")")
     text = next(t for b, t in _BANDS if high < b)
     return f"k-hat {khat:.2f} +- {se:.2f} {span}: {text}"
 
@@ -232,11 +232,8 @@ def expected_calibration_error(probs, labels, num_bins: int = 10, return_bins: b
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1 (got num_bins={num_bins!r})")
     if p.ndim == 1:
-        p = np.stack([1.0 - p, p], axis=1)
-        binary = True
-    elif p.ndim == 2 and p.shape[1] >= 2:
-        binary = False
-    else:
+        p = np.stack([1.0 - p, p], axis=1)  # rows sum to 1 up to rounding
+    elif p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(
             "probs must have shape (N,) (probability of class 1) or (N, C) with C >= 2 (got "
             f"shape {tuple(p.shape)})"
@@ -250,7 +247,7 @@ def expected_calibration_error(probs, labels, num_bins: int = 10, return_bins: b
         )
     if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
         raise ValueError("probs must be probabilities in [0, 1] (got values outside or NaN)")
-    if not binary and np.abs(p.sum(1) - 1).max() > 1e-6:
+    if np.abs(p.sum(1) - 1).max() > 1e-6:
         raise ValueError(
             "each row of probs (N, C) must sum to 1 (got row sums off by up to "
             f"{np.abs(p.sum(1) - 1).max():.3g}); pass softmax outputs"
@@ -275,12 +272,12 @@ def expected_calibration_error(probs, labels, num_bins: int = 10, return_bins: b
     ece = float(np.abs(hits - conf_sum).sum() / n)  # sum_m |B_m|/N |acc_m - conf_m|
     if not return_bins:
         return ece
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):  # an empty bin's 0 / 0 is its NaN
         bins = {
             "edges": edges,
             "count": count,
-            "accuracy": np.where(count > 0, hits / count, np.nan),
-            "confidence": np.where(count > 0, conf_sum / count, np.nan),
+            "accuracy": hits / count,
+            "confidence": conf_sum / count,
         }
     return ece, bins
 

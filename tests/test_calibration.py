@@ -64,6 +64,20 @@ def test_multiclass_and_bins():
     assert recomputed == pytest.approx(value, abs=1e-12)
 
 
+def test_default_bins_and_bins_holding_several_predictions():
+    # confidences 0.89 and 0.85 (both right) in (0.8, 0.9], 0.95 and 0.905 (both wrong) in
+    # (0.9, 1] with the default ten bins; nine or eleven bins would move 0.89 or 0.905 across
+    probs, labels = [0.89, 0.85, 0.05, 0.095], [1, 1, 1, 1]
+    value, bins = ece(probs, labels, return_bins=True)
+    assert value == pytest.approx((abs(2 - 1.74) + abs(0 - 1.855)) / 4, abs=1e-12)
+    np.testing.assert_array_equal(bins["count"], [0] * 8 + [2, 2])
+    np.testing.assert_allclose(bins["accuracy"][8:], [1.0, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(bins["confidence"][8:], [0.87, 0.9275], rtol=1e-12)
+    assert np.isnan(bins["accuracy"][:8]).all() and np.isnan(bins["confidence"][:8]).all()
+    assert ece(probs, labels, num_bins=9) == pytest.approx((0.15 + 1.745) / 4, abs=1e-12)
+    assert ece(probs, labels, num_bins=11) == pytest.approx((0.95 + 0.645) / 4, abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("probs", "labels", "kwargs", "error", "match"),
     [
@@ -79,6 +93,17 @@ def test_multiclass_and_bins():
         ([], [], {}, ValueError, r"at least one prediction \(got N = 0\)"),
         ([0.5, 0.2], [1], {}, ValueError, r"labels must have shape \(2,\), one per row of probs"),
         ([1.5], [1], {}, ValueError, r"probs must be probabilities in \[0, 1\]"),
+        # rows that sum to 1 but hold a negative probability (or one above 1)
+        ([[-0.5, 1.0, 0.5]], [1], {}, ValueError, r"probs must be probabilities in \[0, 1\]"),
+        ([[1.5, -0.5]], [0], {}, ValueError, r"probs must be probabilities in \[0, 1\]"),
+        ([[1.5, 0.0]], [0], {}, ValueError, r"probs must be probabilities in \[0, 1\]"),
+        (
+            [0.5, 0.5],
+            [-1, 0],
+            {},
+            ValueError,
+            r"labels must be class indices 0, ..., 1 \(got values from -1 to 0\)",
+        ),
         ([float("nan")], [1], {}, ValueError, r"probs must be probabilities"),
         ([[0.5, 0.6]], [1], {}, ValueError, r"must sum to 1 \(got row sums off by up to 0.1\)"),
         (

@@ -1,6 +1,7 @@
 """PSIS edge cases, the k-hat's standard error and verdicts, importance resampling."""
 
 import math
+import sys
 import warnings
 
 import arviz as az
@@ -43,6 +44,31 @@ def test_weights_equal_to_rounding_are_a_perfect_proposal_and_small_spread_is_no
     assert khat == -np.inf
     _, khat = psis(base + np.random.default_rng(2).normal(0, 1e-3, 1000))
     assert math.isfinite(khat)
+
+
+def test_equal_weights_are_judged_with_a_relative_tolerance_floored_at_one():
+    # weights are equal when their spread is <= 1e-9 * max(1, max |lw|): near 0 the
+    # tolerance is 1e-9 itself, not 1e-9 * max |lw| (which would be ~1e-21 here)
+    rng = np.random.default_rng(5)
+    assert psis(rng.uniform(0, 1e-12, 200))[1] == -np.inf
+    assert psis(np.resize([0.0, 1e-9], 200))[1] == -np.inf  # spread exactly on the tolerance
+    # 1.5 times the tolerance is a real spread: the tail fit runs and gives a finite k-hat
+    assert math.isfinite(psis(rng.uniform(0, 1.5e-9, 200))[1])
+
+
+def _weights_from_user_code(lw):
+    return psis(lw)  # a library function between the user and psis, as khat_se or loo
+
+
+def test_psis_warnings_point_at_the_line_that_called_the_library():
+    with pytest.warns(UserWarning, match="at least 21 draws") as caught:
+        _weights_from_user_code(np.zeros(5))
+    assert caught[0].filename == __file__
+    assert caught[0].lineno == sys._getframe().f_lineno - 2
+    with pytest.warns(UserWarning, match="not finite") as caught:
+        _weights_from_user_code(np.full(30, np.nan))
+    assert caught[0].filename == __file__
+    assert caught[0].lineno == sys._getframe().f_lineno - 2
 
 
 def test_resampled_indices_follow_the_normalised_weights():
@@ -88,6 +114,9 @@ def test_khat_se_is_the_scaled_spread_of_batch_khats():
         (0.62, 0.02, "k-hat 0.62 +- 0.02 (0.58 to 0.66):", "with care"),
         (0.66, 0.03, "k-hat 0.66 +- 0.03 (0.60 to 0.72, across 0.7):", "do not trust"),
         (0.8, 0.02, "k-hat 0.80 +- 0.02 (0.76 to 0.84):", "do not trust"),
+        (0.6, 0.1, "k-hat 0.60 +- 0.10 (0.40 to 0.80, across 0.5 and 0.7):", "do not trust"),
+        # the interval's lower end exactly on 0.5 does not cross it: only 0.7 is crossed
+        (0.75, 0.125, "k-hat 0.75 +- 0.12 (0.50 to 1.00, across 0.7):", "do not trust"),
     ],
 )
 def test_verdicts_read_the_upper_end_of_two_standard_errors(khat, se, start, band):
