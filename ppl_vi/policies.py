@@ -128,7 +128,7 @@ class Convergence(Policy):
         centred = y - y.mean()
         slope = (t @ centred) / tt
         resid = centred - slope * t
-        se = math.sqrt(max(resid @ resid, 0.0) / (span - 2) / tt)
+        se = math.sqrt(resid @ resid / (span - 2) / tt)
         scale = max(abs(y[-self.window :].mean()), 1.0)
         return (abs(slope) + self.z * se) * self.window / scale
 
