@@ -110,7 +110,7 @@ class LatentScale(Messenger):
         self._pending[id(msg)] = (beta, msg["mask"])
         if beta == 0.0:
             msg["mask"] = False
-        elif beta != 1.0:
+        else:
             msg["scale"] = beta * msg["scale"]
 
     def _postprocess_message(self, msg):
@@ -118,7 +118,7 @@ class LatentScale(Messenger):
         if self.record is None or pending is None:
             return
         beta, mask = pending
-        scale = msg["scale"] if beta in (0.0, 1.0) else msg["scale"] / beta
+        scale = msg["scale"] if beta == 0.0 else msg["scale"] / beta
         with torch.no_grad():
             log_prob = msg["fn"].log_prob(msg["value"])
             if mask is not None and mask is not True:
@@ -188,7 +188,8 @@ class KLAnnealing(Policy):
             )
         self.schedule = schedule
         self.betas: list[float] = []
-        self._beta, self._record, self._pair = 1.0, [0.0], None
+        # (the coefficient and the record are set at the start of each annealed step)
+        self._beta, self._record, self._pair = None, [None], None
 
     def coefficient(self, step: int) -> float:
         """``schedule(step)``, checked: a finite number >= 0."""

@@ -1,6 +1,8 @@
 """KL annealing: beta multiplies exactly the latent terms; beta = 1 is the ELBO bit for bit;
 the fit records the annealed and the full objective, checkpoints and saves them."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -310,3 +312,38 @@ def test_the_annealed_pair_is_built_once_per_model_and_guide():
     assert policy._wrapped(model, guide) == a  # the same functions: an ELBO's caches hold
     b = policy._wrapped(model, lambda x: guide(x))
     assert b[0] is not a[0] and policy._wrapped(model, guide)[0] is not a[0]
+
+
+def test_a_site_masked_out_with_false_adds_nothing_and_record_zero_is_the_sum():
+    def model_off(x):
+        pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 2.0))
+        with poutine.mask(mask=False):
+            pyro.sample("off", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 1.0))
+
+    for beta in (0.0, 0.5, 1.0):
+        record = [0.0, 42.0]  # only record[0] is the sum
+        pyro.set_rng_seed(5)
+        with LatentScale(lambda b=beta: b, record=record):
+            tr = poutine.trace(model_off).get_trace(X)
+        expected = tr.nodes["mu"]["fn"].log_prob(tr.nodes["mu"]["value"])
+        assert float(record[0]) == pytest.approx(expected.item(), abs=1e-12)
+        assert record[1] == 42.0
+
+
+def test_warm_up_end_and_coefficients_checked_once_for_the_longest_run():
+    calls = []
+
+    def schedule(step):
+        calls.append(step)
+        return min(1.0, 0.5 * (step + 1))
+
+    policy = KLAnnealing(schedule)
+    assert policy.warmup_end() == 0  # nothing checked yet: no warm-up known
+    policy.start(None, SimpleNamespace(num_steps=4))
+    assert calls == [0, 1, 2, 3] and policy.betas == [0.5, 1.0, 1.0, 1.0]
+    assert policy.warmup_end() == 1
+    policy.start(None, SimpleNamespace(num_steps=4))  # a resumed run: already checked
+    policy.start(None, SimpleNamespace(num_steps=3))
+    assert calls == [0, 1, 2, 3] and len(policy.betas) == 4
+    policy.start(None, SimpleNamespace(num_steps=6))  # a longer run checks the new steps too
+    assert len(policy.betas) == 6 and policy.warmup_end() == 1
