@@ -122,3 +122,72 @@ def test_model_and_guide_are_checked_against_each_other_under_validation():
     with pyro.validation_enabled(True):
         with pytest.warns(UserWarning, match=r"Found non-auxiliary vars in guide but not model"):
             elbo.unconstrained_particles(one_plate_model, guide_with_extra)
+
+
+def test_defaults_and_the_smallest_network():
+    elbo = SteinOperatorELBO()
+    assert (elbo.test_function, elbo.kernel, elbo.num_particles, elbo.hidden_size) == (
+        "kernel", "rbf", 16, 32
+    )  # fmt: skip
+    assert elbo.vectorize_particles is True
+    assert SteinOperatorELBO(hidden_size=1).hidden_size == 1  # one hidden unit is a network
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=r"hidden_size must be an integer >= 1"):
+            SteinOperatorELBO(hidden_size=bad)
+
+
+def test_the_network_is_linear_tanh_linear():
+    net = SteinTestFunction(dim=3, hidden_size=4, seed=2).double()
+    u = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=DT)
+    f, _ = net.value_and_divergence(u)
+    torch.testing.assert_close(f, net.output(torch.tanh(net.hidden(u))), rtol=1e-14, atol=0.0)
+
+
+def test_each_fit_draws_its_network_seed_from_the_global_generator():
+    seeds = set()
+    for s in range(100):
+        pyro.clear_param_store()
+        torch.manual_seed(s)
+        elbo = SteinOperatorELBO(test_function="neural")
+        elbo._test_network(torch.zeros(4, 2, dtype=DT))
+        seeds.add(elbo.network_seed)
+        assert 0 <= elbo.network_seed < 2**31 - 1
+    assert len(seeds) == 100  # 100 global seeds, 100 different networks
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    first = SteinOperatorELBO(test_function="neural")._test_network(torch.zeros(4, 2, dtype=DT))
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    again = SteinOperatorELBO(test_function="neural")._test_network(torch.zeros(4, 2, dtype=DT))
+    assert torch.equal(first.hidden.weight, again.hidden.weight)
+    pyro.clear_param_store()
+
+
+def test_the_network_module_is_built_once_per_fit():
+    pyro.clear_param_store()
+    elbo = SteinOperatorELBO(test_function="neural")
+    net = elbo._test_network(torch.zeros(4, 2, dtype=DT))
+    assert elbo._test_network(torch.zeros(4, 2, dtype=DT)) is net
+    pyro.clear_param_store()
+
+
+def test_score_of_an_event_site_whose_support_has_no_event_dim():
+    # ImproperUniform(positive) with an event of 2: the support is elementwise, so the
+    # Jacobian log|dz/du| = u is summed over the event per datum, then masked. The density is
+    # flat, so the score is 1 in each coordinate of a kept datum and 0 at the masked one.
+    keep = torch.tensor([True, False, True])
+
+    def model():
+        with pyro.plate("n", 3), poutine.mask(mask=keep):
+            pyro.sample("z", dist.ImproperUniform(dist.constraints.positive, (3,), (2,)))
+
+    def guide():
+        with pyro.plate("n", 3):
+            pyro.sample("z", dist.LogNormal(torch.full((2,), 0.2, dtype=DT), 0.5).to_event(1))
+
+    for vectorize in (True, False):
+        pyro.set_rng_seed(0)
+        elbo = SteinOperatorELBO(num_particles=4, vectorize_particles=vectorize)
+        u, score = elbo.unconstrained_particles(model, guide)
+        expected = keep.repeat_interleave(2).to(DT).expand(4, 6)
+        torch.testing.assert_close(score, expected, rtol=0.0, atol=1e-12)
