@@ -268,7 +268,7 @@ class CompiledStep:
         found = torch.autograd.grad(surrogate, params, allow_unused=True)
         eager = _flat_grads(params, found).detach()
         a, b = loss, float(eager_loss.detach())
-        if not (abs(a - b) <= 1e-4 * max(1.0, abs(a), abs(b)) or (a != a and b != b)):
+        if not (a == b or abs(a - b) <= 1e-4 * max(1.0, abs(a), abs(b)) or (a != a and b != b)):
             return f"the compiled step's loss differs from the eager step's ({a:.8g} vs {b:.8g})"
         # a parameter the graph does not see (read as a constant) has a zero gradient there
         if ok and not torch.allclose(flat_grad, eager, rtol=1e-3, atol=1e-6):
