@@ -240,12 +240,29 @@ def module_name(rel: str) -> str:
 MUTANT_SITE = Path(__file__).parent / "_mutant_site"
 
 
-def run_child(rel: str, source: str, tests: list, log: Path) -> None:
+#: Address space a mutant's tests may add to the forked child (GiB): a mutant that turns a
+#: bounded loop or shape into an unbounded one fails with MemoryError (killed) instead of
+#: filling the machine's memory before the timeout.
+MEMORY_GIB = 6.0
+
+
+def limit_memory(extra_gib: float) -> None:
+    """Cap this process's address space at its current size plus ``extra_gib``."""
+    import resource
+
+    pages = int(Path("/proc/self/statm").read_text().split()[0])
+    limit = pages * os.sysconf("SC_PAGE_SIZE") + int(extra_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_child(rel: str, source: str, tests: list, log: Path, memory_gib=MEMORY_GIB) -> None:
     """In the forked child: import the mutant, run the tests, exit with pytest's code. The
     child leads its own process group, so a timeout kills the ranks it spawned too."""
     import pytest
 
     os.setpgid(0, 0)
+    if memory_gib:
+        limit_memory(memory_gib)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -161,3 +161,21 @@ def test_a_survivor_runs_again_once_with_the_modules_own_tests_first():
     )  # fmt: skip
     everything = (lines, spans, (5, 5), durations, (20.0, 20.0), (), "mod")
     assert mutate.mutant_tests(*everything, False)[1] is False  # the first pass ran them all
+
+
+def test_a_mutants_memory_is_capped_above_what_the_child_already_holds():
+    import subprocess
+    import sys
+
+    # in a fresh process: the cap cannot be lifted again in this one
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('m', sys.argv[1])\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "m.limit_memory(0.25)\n"
+        "small = bytearray(2**27)\n"  # 128 MiB: within the cap
+        "try:\n    bytearray(2**29)\nexcept MemoryError:\n    sys.exit(7)\n"
+    )
+    script = str(ROOT / "benchmarks" / "mutate.py")
+    out = subprocess.run([sys.executable, "-c", code, script], capture_output=True, timeout=60)
+    assert out.returncode == 7, out.stderr
