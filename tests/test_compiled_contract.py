@@ -449,6 +449,9 @@ def test_identities_that_change_the_dtype_are_kept():
     assert _ops(gm) == [aten.mul.Scalar] and gm(k).dtype == torch.float32
     gm = _simplified(lambda x: x.expand(2, 3), torch.randn(3))  # another shape: kept
     assert _ops(gm) == [aten.expand.default]
+    # the same strides but another shape (a stride-0 dimension of size 1 expanded): kept
+    gm = _simplified(lambda x: x.expand(1, 3).expand(4, 3), torch.randn(3))
+    assert gm(torch.ones(3)).shape == (4, 3)
 
 
 def test_operations_on_constants_only_are_folded_into_one_constant():
