@@ -43,7 +43,7 @@ STANDARD_METHODS = {
 #: arguments): a full-rank Gaussian, 32 vectorized particles per step, lr 0.1, compiled steps;
 #: read it through PSIS (``resample=True`` in :func:`compare`, or ``importance_means``).
 FAST_METHOD = (
-    "full-rank + ELBO (K=32, compiled step, 500 steps), PSIS-resampled",
+    "full-rank + ELBO (K=32, lr 0.1, compiled step, 500 steps), PSIS-resampled",
     {"guide": "full_rank", "elbo": "elbo", "num_particles": 32, "lr": 0.1, "jit": "auto"},
     500,
 )

@@ -2,6 +2,8 @@
 the Markdown and the figure's panels, checked against values computed here independently."""
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -138,7 +140,10 @@ def test_recommend_thresholds_are_inclusive_where_documented():
     assert "10.0x the reference's speed" in text
     text = recommend({"far": one(0.9, [1.0]), "near": one(0.3, [0.7])})
     assert text.startswith("Use NUTS:") and "The closest, near, is off by up to 0.30 sd" in text
-    assert "worst sd ratio 0.70 (x[0])" in text
+    assert "worst sd ratio 0.70 (x[0])" in text and text.endswith("k-hat 0.30. ")
+    flagged = one(0.3, [0.7])
+    flagged.flags = ["f1", "f2", "f3", "f4"]
+    assert recommend({"near": flagged}).endswith("k-hat 0.30. Its flags: f1; f2; f3.")
     with pytest.raises(ValueError, match="at least one Report"):
         recommend({})
 
@@ -189,3 +194,150 @@ def test_the_bound_the_times_and_the_label_come_from_the_fit(fit):
     # independent reference draws: the mean's Monte Carlo SE is 1/sqrt(S) reference sds
     assert report.table.loc["mu", "ref_mcse"] == pytest.approx(1 / math.sqrt(1000))
     assert ppl_vi.compare(fit, ref, num_samples=1000, vi_label="x", warn=False).vi_label == "x"
+
+
+def test_the_method_labels_describe_their_settings():
+    from ppl_vi.compare import FAST_METHOD, STANDARD_METHODS
+
+    names = {"mean-field": "mean_field", "full-rank": "full_rank", "IAF": "iaf"}
+    for label, (guide, elbo, options, resample) in STANDARD_METHODS.items():
+        assert guide == names[label.split(" + ")[0]] and elbo.upper() in label
+        particles = re.search(r"K=(\d+)", label)
+        assert options.get("num_particles") == (int(particles[1]) if particles else None)
+        assert ("DReG" in label) == (options.get("gradient") == "dreg")
+        assert label.endswith("PSIS-resampled") == resample
+    label, settings, steps = FAST_METHOD
+    assert settings["guide"] == names[label.split(" + ")[0]] and settings["elbo"] == "elbo"
+    assert settings["num_particles"] == int(re.search(r"K=(\d+)", label)[1])
+    assert settings["lr"] == float(re.search(r"lr ([\d.]+)", label)[1])
+    assert steps == int(re.search(r"(\d+) steps", label)[1]) and settings["jit"] == "auto"
+
+
+def test_a_collapsed_component_is_the_worst_sd_ratio_without_a_log_of_zero_warning():
+    table = {"index": ["x[0]", "x[1]", "x[2]"], "mean_error": [0.05, 0.1, 0.0],
+             "sd_ratio": [1.2, 0.0, 0.5]}  # fmt: skip
+    report = _report(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # log(0) would warn: the ratio is clipped first
+        assert report.worst_sd_ratio == ("x[1]", 0.0)
+        assert report.shown_components(3) == ["x[1]", "x[0]", "x[2]"]
+
+
+def test_documented_defaults_of_the_markdown_and_the_figure():
+    names = [f"x[{i}]" for i in range(15)]
+    table = {"index": names, "mean_error": [0.01 * i for i in range(15)],
+             "sd_ratio": [1.0 + 0.123456 * (i % 2) for i in range(15)]}  # fmt: skip
+    report = _report(table)
+    md = report.to_markdown()
+    assert "1.123 " in md and "1.1235" not in md  # three digits by default
+    assert len(report.shown_components()) == 12
+    rng = np.random.default_rng(1)
+    draws = {n: rng.normal(size=200) for n in names}
+    report = _report(
+        {**table, "ref_mean": [0.0] * 15, "ref_sd": [1.0] * 15}, vi_draws=draws, ref_draws=draws
+    )
+    fig = report.plot()
+    assert "(showing 12 of 15 components" in fig._suptitle.get_text()
+
+
+def test_figure_layout_four_marginals_per_row_above_the_three_summary_panels():
+    names = ["a", "b", "c", "d", "e"]
+    rng = np.random.default_rng(2)
+    draws = {n: rng.normal(size=300) for n in names}
+    table = {"index": names, "mean_error": [0.0] * 5, "sd_ratio": [1.0] * 5,
+             "ref_mean": [0.0] * 5, "ref_sd": [1.0] * 5}  # fmt: skip
+    fig = _report(table, vi_draws=draws, ref_draws=draws).plot()
+    # two rows of marginals (13 in wide, 2.4 in per row) and two rows for the summary panels
+    np.testing.assert_allclose(fig.get_size_inches(), [13.0, 2 * 2.4 + 4.6])
+    assert fig._suptitle.get_text() == "mf vs NUTS" and fig._suptitle.get_fontsize() == 10
+    spans = {}
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        assert spec.get_gridspec().get_geometry() == (4, 4)
+        spans[ax.get_title()] = (tuple(spec.rowspan), tuple(spec.colspan))
+
+    def span(start):
+        (found,) = (v for k, v in spans.items() if k.startswith(start))
+        return found
+
+    assert span("a:") == ((0,), (0,)) and span("d:") == ((0,), (3,)) and span("e:") == ((1,), (0,))
+    assert span("mf vs NUTS: standardised") == ((2, 3), (0, 1))
+    assert span("mf: loss") == ((2, 3), (2,)) and span("mf: PSIS k-hat") == ((2, 3), (3,))
+    # only the first marginal carries the legend
+    legends = [ax.get_title().split(":")[0] for ax in fig.axes[:5] if ax.get_legend()]
+    assert legends == ["a"]
+
+
+def test_a_posteriordb_reference_is_named_by_its_posterior(fit):
+    from types import SimpleNamespace
+
+    posterior = SimpleNamespace(reference=_shifted(fit, 0.0, 1.0), posterior_name="nn-nn")
+    report = ppl_vi.compare(fit, posterior, num_samples=1000, warn=False)
+    assert report.ref_label == "posteriordb nn-nn" and report.ref_time is None
+    assert report.table.loc["mu", "mean_error"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _nuts_reference(fit, rhat, divergent=0, chains=2):
+    """A NUTSResult with the fit's draws as chains and a given R-hat table."""
+    from ppl_vi.nuts import NUTSResult
+
+    draws = torch.as_tensor(_shifted(fit, 0.0, 1.0)["mu"]).reshape(chains, -1)
+    diverging = np.zeros(draws.shape, dtype=bool)
+    diverging[0, :divergent] = True
+    ref = NUTSResult(None, (), {}, fit.info, {"mu": draws}, diverging, np.ones(draws.shape),
+                     np.ones(chains), 1.0, {"num_chains": chains})  # fmt: skip
+    ref.rhat = lambda: rhat
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("rhat", "flag"),
+    [
+        ({"mu": 1.009}, None),
+        ({"mu": 1.011, "nu": float("nan")}, "R-hat up to 1.011 (> 1.01, on mu)"),
+        ({"mu": 1.5, "nu": 1.2}, "R-hat up to 1.500 (> 1.01, on mu)"),
+    ],
+)
+def test_a_nuts_reference_with_r_hat_above_1_01_is_flagged(fit, rhat, flag):
+    report = ppl_vi.compare(fit, _nuts_reference(fit, rhat), num_samples=1000, warn=False)
+    flags = [f for f in report.flags if "R-hat" in f]
+    assert flags == ([] if flag is None else [next(f for f in flags if flag in f)])
+    assert not any("divergent" in f or "one chain" in f for f in report.flags)
+    report = ppl_vi.compare(fit, _nuts_reference(fit, {}, 2, 1), num_samples=1000, warn=False)
+    assert any("has 2 divergent transitions" in f for f in report.flags)
+    assert any("has one chain" in f for f in report.flags)
+
+
+def test_figure_marks_and_sizes(tmp_path):
+    """The reference marks (the zero line, the k-hat bands of Yao et al. and their labels) and
+    the figure's type sizes: suptitle 10, panel titles 8, ticks 7, legends 6 pt; a 110 dpi PNG."""
+    report, axes, _, _ = _plotted(0.3, 0.05)
+    marginal = axes["a"]
+    forest = next(ax for ax in axes["all"] if "standardised" in ax.get_title())
+    loss = next(ax for ax in axes["all"] if "loss" in ax.get_title())
+    khat = next(ax for ax in axes["all"] if "k-hat" in ax.get_title())
+    for ax in (marginal, forest, loss, khat):
+        assert ax.title.get_fontsize() == 8
+    assert marginal.xaxis.get_major_ticks()[0].label1.get_fontsize() == 7
+    assert {t.get_fontsize() for t in forest.get_yticklabels()} == {7}
+    for ax in (marginal, forest):
+        assert {t.get_fontsize() for t in ax.get_legend().get_texts()} == {6}
+    densities = marginal.get_lines()
+    assert [(len(d.get_xdata()), d.get_linewidth()) for d in densities] == [(200, 1.4)] * 2
+    (zero,) = [line for line in forest.get_lines() if line.get_marker() != "o"]
+    assert list(zero.get_xdata()) == [0, 0] and zero.get_linewidth() == 0.8
+    assert {c.get_linewidth()[0] for c in forest.collections} == {2.0}
+    assert {m.get_markersize() for m in forest.get_lines() if m.get_marker() == "o"} == {4}
+    bands = sorted((p.get_y(), p.get_y() + p.get_height()) for p in khat.patches)
+    np.testing.assert_allclose(bands, [(0.0, 0.5), (0.5, 0.7), (0.7, 1.2)])
+    labels = {t.get_text(): (t.get_position(), t.get_fontsize()) for t in khat.texts}
+    assert labels == {"good": ((0.98, 0.25), 7), "usable with care": ((0.98, 0.6), 7),
+                      "do not trust": ((0.98, 0.95), 7)}  # fmt: skip
+    (caps,) = khat.containers[0].lines[1][:1]
+    assert caps.get_markersize() == 2 * 4  # capsize 4 pt
+    assert khat.get_xlim() == (0.0, 1.0) and list(khat.get_xticks()) == []
+    report.plot(tmp_path / "r.png")
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(tmp_path / "r.png").shape[:2]
+    assert (width, height) == (13 * 110, round((2.4 + 4.6) * 110))
