@@ -4,6 +4,7 @@ the Markdown and the figure's panels, checked against values computed here indep
 import math
 import re
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -134,6 +135,7 @@ def test_recommend_thresholds_are_inclusive_where_documented():
     assert accepted(one(0.1, [1.0], khat=0.69))
     assert not accepted(one(0.1, [1.0], khat=0.7))
     assert not accepted(one(0.1, [1.0], khat=0.6, khat_se=0.05))  # 0.6 + 2 se reaches 0.7
+    assert accepted(one(0.1, [1.0], khat=0.6, khat_se=0.04))  # 0.68
     text = recommend({"slow": one(0.1, [1.0], seconds=3.0), "quick": one(0.1, [1.0]),
                       "untimed": one(0.1, [1.0], seconds=None)})  # fmt: skip
     assert text.startswith("Use quick:") and "Also accurate: slow, untimed." in text
@@ -269,8 +271,6 @@ def test_figure_layout_four_marginals_per_row_above_the_three_summary_panels():
 
 
 def test_a_posteriordb_reference_is_named_by_its_posterior(fit):
-    from types import SimpleNamespace
-
     posterior = SimpleNamespace(reference=_shifted(fit, 0.0, 1.0), posterior_name="nn-nn")
     report = ppl_vi.compare(fit, posterior, num_samples=1000, warn=False)
     assert report.ref_label == "posteriordb nn-nn" and report.ref_time is None
@@ -341,3 +341,71 @@ def test_figure_marks_and_sizes(tmp_path):
 
     height, width = matplotlib.image.imread(tmp_path / "r.png").shape[:2]
     assert (width, height) == (13 * 110, round((2.4 + 4.6) * 110))
+
+
+def test_marginal_densities_need_finite_draws_that_vary():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0.0, 1.0, 500)
+    table = {"index": ["a"], "mean_error": [0.0], "sd_ratio": [0.5], "ref_mean": [0.0],
+             "ref_sd": [1.0]}  # fmt: skip
+    for vi, shown in (
+        (rng.normal(0.0, 0.5, 500), ["NUTS", "mf"]),  # sd 0.5: drawn
+        (np.zeros(500), ["NUTS"]),  # collapsed: no density (gaussian_kde would fail)
+        (np.r_[rng.normal(size=499), np.inf], ["NUTS"]),
+    ):
+        fig = _report(table, vi_draws={"a": vi}, ref_draws={"a": ref}).plot()
+        panel = next(ax for ax in fig.axes if ax.get_title().startswith("a:"))
+        assert [line.get_label() for line in panel.get_lines()] == shown
+
+
+def test_a_reference_without_spread_compares_on_the_raw_scale(fit):
+    report = ppl_vi.compare(fit, {"mu": np.full(1000, 0.5)}, num_samples=1000, warn=False)
+    v = report.vi_draws["mu"]
+    row = report.table.loc["mu"]
+    assert row.ref_sd == 0.0 and row.mean_error == pytest.approx(v.mean() - 0.5, rel=1e-12)
+    assert row.sd_ratio == pytest.approx(np.std(v, ddof=1), rel=1e-12)
+    assert row.vi_sd == np.std(v, ddof=1)
+
+
+def test_compare_defaults_to_4000_draws_and_warns_at_the_callers_line(fit):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = ppl_vi.compare(fit, _shifted(fit, 2.0, 1.0))
+    assert len(report.vi_draws["mu"]) == 4000
+    (warning,) = [w for w in caught if "reference sd off" in str(w.message)]
+    assert warning.filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # flags, but warn=False: no warning
+        report = ppl_vi.compare(fit, _shifted(fit, 2.0, 1.0), num_samples=1000, warn=False)
+    assert report.flags
+
+
+@pytest.mark.parametrize(
+    ("khat", "se", "flagged"),
+    [(0.4, 0.04, False), (0.4, 0.06, True), (0.49, float("nan"), False), (0.5, 0.0, True)],
+)
+def test_the_khat_flag_needs_the_upper_end_of_its_interval_below_0_5(
+    fit, monkeypatch, khat, se, flagged
+):
+    real = fit.importance()
+    fake = SimpleNamespace(khat=khat, khat_se=se, log_weights=real.log_weights)
+    monkeypatch.setattr(fit, "importance", lambda: fake)
+    report = ppl_vi.compare(fit, _shifted(fit, 0.0, 1.0), num_samples=1000, warn=False)
+    assert any("k-hat" in f for f in report.flags) == flagged
+
+
+def test_an_object_that_is_not_a_posterior_is_refused(fit):
+    with pytest.raises(TypeError, match="reference must be a NUTSResult"):
+        ppl_vi.compare(fit, SimpleNamespace(posterior_name="x"), num_samples=100)
+
+
+def test_a_one_chain_reference_reads_its_mean_error_from_arviz_bulk_ess(fit):
+    import arviz as az
+
+    ref = _nuts_reference(fit, {}, chains=1)
+    trend = np.sort(ref.chains["mu"].numpy(), axis=1)  # the most autocorrelated chain
+    ref.chains["mu"] = torch.as_tensor(trend)
+    report = ppl_vi.compare(fit, ref, num_samples=1000, warn=False)
+    ess = float(az.ess(trend, method="bulk"))
+    assert ess < 2.0  # an ESS this low is kept as it is
+    assert report.table.loc["mu", "ref_mcse"] == pytest.approx(1 / math.sqrt(ess), rel=1e-12)
