@@ -264,6 +264,10 @@ def test_figure_layout_four_marginals_per_row_above_the_three_summary_panels():
 
     assert span("a:") == ((0,), (0,)) and span("d:") == ((0,), (3,)) and span("e:") == ((1,), (0,))
     assert span("mf vs NUTS: standardised") == ((2, 3), (0, 1))
+    forest = next(ax for ax in fig.axes if "standardised" in ax.get_title())
+    labels = [t.get_text() for t in forest.get_yticklabels()]
+    rows = dict(zip(forest.get_yticks(), labels, strict=True))
+    assert [rows[y] for y in sorted(rows, reverse=True)] == names  # read top to bottom
     assert span("mf: loss") == ((2, 3), (2,)) and span("mf: PSIS k-hat") == ((2, 3), (3,))
     # only the first marginal carries the legend
     legends = [ax.get_title().split(":")[0] for ax in fig.axes[:5] if ax.get_legend()]
@@ -294,6 +298,7 @@ def _nuts_reference(fit, rhat, divergent=0, chains=2):
     ("rhat", "flag"),
     [
         ({"mu": 1.009}, None),
+        ({"mu": 1.01}, None),  # at the threshold: not above it
         ({"mu": 1.011, "nu": float("nan")}, "R-hat up to 1.011 (> 1.01, on mu)"),
         ({"mu": 1.5, "nu": 1.2}, "R-hat up to 1.500 (> 1.01, on mu)"),
     ],
@@ -409,3 +414,16 @@ def test_a_one_chain_reference_reads_its_mean_error_from_arviz_bulk_ess(fit):
     ess = float(az.ess(trend, method="bulk"))
     assert ess < 2.0  # an ESS this low is kept as it is
     assert report.table.loc["mu", "ref_mcse"] == pytest.approx(1 / math.sqrt(ess), rel=1e-12)
+
+
+def test_a_mean_error_of_exactly_half_a_reference_sd_is_not_flagged(fit, monkeypatch):
+    draws = {"mu": torch.full((3,), 0.5, dtype=torch.float64)}
+    monkeypatch.setattr(fit, "_draws", lambda n, seed: (draws,))
+    reference = {"mu": np.array([-1.0, 0.0, 1.0])}  # mean 0 and sd 1, both exact
+    report = ppl_vi.compare(fit, reference, num_samples=3, warn=False)
+    assert report.table.loc["mu", "mean_error"] == 0.5
+    assert not any("VI mean is" in f for f in report.flags)
+    reference = {"mu": np.array([-1.0, 0.0, 1.0]) - 2**-40}
+    report = ppl_vi.compare(fit, reference, num_samples=3, warn=False)
+    assert report.table.loc["mu", "mean_error"] > 0.5
+    assert any("VI mean is +0.50" in f for f in report.flags)
