@@ -171,6 +171,27 @@ def mutated_source(path: Path, mutant: dict) -> str | None:
     return mutate_code(path.read_text(), operator, mutant["occurrence"])
 
 
+def statement_lines(source: str, lines: tuple) -> tuple[int, int]:
+    """The lines of the smallest statement holding ``lines`` (a compound statement's header
+    only): a mutant of one line of a multi-line condition (``and`` -> ``or``) changes which of
+    its other lines run, so the tests that reach any line of the statement are the ones that
+    can see it."""
+    first, last = lines
+    best = (first, last)
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        end = body[0].lineno - 1 if isinstance(body, list) and body else node.end_lineno
+        if (
+            node.lineno <= first
+            and last <= end
+            and (best == (first, last) or end - node.lineno < best[1] - best[0])
+        ):
+            best = (node.lineno, end)
+    return best
+
+
 def function_spans(source: str) -> list[tuple[int, int]]:
     """(first, last) line of every function, innermost last."""
     spans = []
@@ -380,7 +401,8 @@ def run_module(rel: str, cov: dict, args) -> dict:
             m["diff"] = diff_of(source, code)
             # (the rerun takes the module's own test files first: test_<module>*.py)
             tests, more = mutant_tests(
-                lines_map, spans, m["lines"], cov["durations"], (args.budget, args.final_budget),
+                lines_map, spans, statement_lines(source, m["lines"]), cov["durations"],
+                (args.budget, args.final_budget),
                 SUBPROCESS_TESTS.get(rel, ()), Path(rel).stem, final,
             )  # fmt: skip
             m["tests"] = args.tests or tests

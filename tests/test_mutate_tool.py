@@ -54,6 +54,29 @@ def test_tests_run_the_mutated_lines_fastest_first_within_the_budget():
     assert mutate.select_tests(lines, spans, (5, 5), durations, 0.5, ["x.py"]) == ["t::fast"]
 
 
+def test_a_mutant_selects_the_tests_of_its_whole_statement():
+    source = textwrap.dedent(
+        """\
+        def same(a, b):
+            return (
+                a.shape == b.shape
+                and a.dtype == b.dtype
+            )
+
+
+        def f(x):
+            if (x
+                    and x > 1):
+                return 1
+            return 2
+        """
+    )
+    assert mutate.statement_lines(source, (4, 4)) == (2, 5)
+    assert mutate.statement_lines(source, (10, 10)) == (9, 10)  # the header, not the body
+    assert mutate.statement_lines(source, (11, 11)) == (11, 11)
+    assert mutate.statement_lines(source, (1, 1)) == (1, 1)  # the signature
+
+
 def test_function_spans_include_decorators_and_put_the_innermost_last():
     spans = mutate.function_spans("def a():\n    def b():\n        pass\n    return b\n")
     assert spans == [(1, 4), (2, 3)]
