@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -171,25 +172,27 @@ def mutated_source(path: Path, mutant: dict) -> str | None:
     return mutate_code(path.read_text(), operator, mutant["occurrence"])
 
 
+@functools.lru_cache(maxsize=4)
+def _statement_spans(source: str) -> tuple:
+    """(first, last) line of every statement (a compound statement's header only), parsed
+    once per module rather than once per mutant."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.stmt):
+            body = getattr(node, "body", None)
+            end = body[0].lineno - 1 if isinstance(body, list) and body else node.end_lineno
+            spans.append((node.lineno, end))
+    return tuple(spans)
+
+
 def statement_lines(source: str, lines: tuple) -> tuple[int, int]:
     """The lines of the smallest statement holding ``lines`` (a compound statement's header
     only): a mutant of one line of a multi-line condition (``and`` -> ``or``) changes which of
     its other lines run, so the tests that reach any line of the statement are the ones that
     can see it."""
     first, last = lines
-    best = (first, last)
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.stmt):
-            continue
-        body = getattr(node, "body", None)
-        end = body[0].lineno - 1 if isinstance(body, list) and body else node.end_lineno
-        if (
-            node.lineno <= first
-            and last <= end
-            and (best == (first, last) or end - node.lineno < best[1] - best[0])
-        ):
-            best = (node.lineno, end)
-    return best
+    holding = [(lo, hi) for lo, hi in _statement_spans(source) if lo <= first and last <= hi]
+    return min(holding, key=lambda s: s[1] - s[0], default=(first, last))
 
 
 def function_spans(source: str) -> list[tuple[int, int]]:
